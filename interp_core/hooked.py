@@ -1,0 +1,428 @@
+"""HookedModel: read and replace activations at named sites of any ``nn.Module``.
+
+``HookedModel(model, adapter=None)`` wraps a module without copying or mutating it:
+
+- ``hm.sites`` — the site table (see :mod:`interp_core.sites`);
+- ``hm.run_with_cache(inputs, sites=[...], pool=None)`` → ``(output, ActivationCache)`` storing only the
+  requested sites; pooling happens inside the hook, so full tensors are never kept;
+- ``with hm.intervene({site: intervention, ...}): ...`` and ``hm.run_with_interventions(inputs, {...})``.
+
+Guarantees (tested): the hooks this class adds are removed on every exit path, exceptions included; hooks the
+user registered are never touched; weights, ``requires_grad`` flags and train/eval mode are exactly as
+before. ``hm.evaluating()`` switches to eval mode for a block and restores each module's own flag after.
+
+Cached activations are copies taken when the hook fires, so later in-place operations cannot change them.
+With ``grad=True`` the cached tensors stay in the autograd graph *on the path to the output* (the forward
+continues from a second copy), so ``torch.autograd.grad(metric(out), cache[site])`` gives the gradient of
+the metric with respect to that activation — what attribution patching needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .axes import PoolSpec, pool as pool_tensor
+from .cache import ActivationCache
+from .sites import Adapter, GenericAdapter, HookFn, Site, SiteTable, infer_axes
+
+Inputs = Any  # a tensor, a tuple of positional arguments, or a dict of keyword arguments
+
+
+def call_model(model: Callable, inputs: Inputs) -> Any:
+    """Call ``model`` on ``inputs``: a tuple/list is unpacked as positional args, a dict as kwargs."""
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+class _Handles:
+    """A group of hook handles removed together."""
+
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+
+    def add(self, h: Any) -> None:
+        self.handles.append(h)
+
+    def remove(self) -> None:
+        errors = []
+        while self.handles:
+            h = self.handles.pop()
+            try:
+                h.remove()
+            except Exception as e:  # keep removing the rest; report after
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+def _shape_error(site: Site, expected: torch.Size, got: Any, what: str) -> ValueError:
+    got_shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+    return ValueError(f"{what} at site '{site.name}' returned shape {got_shape}, expected {tuple(expected)} "
+                      f"(axes {site.axes}); an intervention must keep the activation's shape")
+
+
+class HookedModel:
+    """Wraps ``model`` with a site table and scoped hooks; see the module docstring.
+
+    Args:
+        model: any ``nn.Module``; it is neither copied nor changed.
+        adapter: an :class:`~interp_core.sites.Adapter` giving canonical and virtual sites; default: the
+            :class:`~interp_core.sites.GenericAdapter` (every submodule's output by module path).
+        example_input: an input for the trace that finds shapes, axes and reused modules. Without it the
+            adapter's ``example_input`` is used, or else the first real inputs (one extra forward, once).
+    """
+
+    def __init__(self, model: nn.Module, adapter: Adapter | None = None, example_input: Inputs = None):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"HookedModel wraps an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.adapter = adapter if adapter is not None else GenericAdapter()
+        self._raw_sites = list(self.adapter.sites(model))
+        self._modules = dict(model.named_modules())
+        for s in self._raw_sites:
+            if s.kind != "virtual" and s.module_path not in self._modules:
+                raise ValueError(f"adapter {self.adapter.name!r} names site {s.name!r} on module "
+                                 f"{s.module_path!r}, which the model does not have")
+        self._table = SiteTable(self._raw_sites)
+        self._traced = False
+        self._observed: dict[str, torch.Size] = {}
+        if example_input is None:
+            example_input = self.adapter.example_input(model)
+        if example_input is not None:
+            self.trace(example_input)
+
+    # ------------------------------------------------------------------ model pass-through
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    forward = __call__
+
+    def __repr__(self) -> str:
+        return f"HookedModel({type(self.model).__name__}, adapter={self.adapter.name!r}, {len(self.sites)} sites)"
+
+    @property
+    def training(self) -> bool:
+        return self.model.training
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        return self.model.parameters(recurse)
+
+    def to(self, *args: Any, **kwargs: Any) -> "HookedModel":
+        self.model.to(*args, **kwargs)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator["HookedModel"]:
+        """Eval mode for the block; afterwards every module's ``training`` flag is as it was."""
+        flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        try:
+            yield self
+        finally:
+            for m, f in flags:
+                m.training = f
+
+    # ------------------------------------------------------------------ sites
+    @property
+    def sites(self) -> SiteTable:
+        """The site table. Shapes, axes and per-call sites of reused modules appear once traced."""
+        return self._table
+
+    @property
+    def default_sites(self) -> list[str]:
+        names = self.adapter.default_sites(self.model)
+        out = []
+        for n in names:
+            if n in self._table:
+                out.append(n)
+            elif n in self._table._reused:  # a reused module expands into its per-call sites
+                out.extend(f"{n}#{i}" for i in range(self._table._reused[n]))
+        return out
+
+    def trace(self, inputs: Inputs) -> SiteTable:
+        """Run one forward (no grad, eval mode, state restored) to learn shapes, axes and reused modules."""
+        calls: dict[str, list[Any]] = {}
+        handles = _Handles()
+
+        def recorder(path: str) -> Callable:
+            def hook(module: nn.Module, args: tuple, output: Any) -> None:
+                calls.setdefault(path, []).append(output)
+            return hook
+
+        virtual: dict[str, torch.Size] = {}
+
+        def vrecorder(name: str) -> HookFn:
+            def fn(act: torch.Tensor) -> None:
+                virtual[name] = act.shape
+            return fn
+
+        inputs_seen: dict[str, list[Any]] = {}
+
+        def pre_recorder(path: str) -> Callable:
+            def hook(module: nn.Module, args: tuple) -> None:
+                inputs_seen.setdefault(path, []).append(args)
+            return hook
+
+        try:
+            for path, mod in self._modules.items():
+                handles.add(mod.register_forward_hook(recorder(path)))
+                handles.add(mod.register_forward_pre_hook(pre_recorder(path)))
+            for s in self._raw_sites:
+                if s.kind == "virtual":
+                    handles.add(s.attach(self.model, vrecorder(s.name)))
+            with torch.no_grad(), self.evaluating():
+                call_model(self.model, inputs)
+        finally:
+            handles.remove()
+
+        sites: list[Site] = []
+        reused: dict[str, int] = {}
+        idle: list[str] = []
+        for s in self._raw_sites:
+            if s.kind == "virtual":
+                if s.name not in virtual:
+                    idle.append(s.name)
+                else:
+                    sites.append(self._complete(s, virtual[s.name], None))
+                continue
+            seen = (calls if s.kind == "output" else inputs_seen).get(s.module_path, [])
+            if s.module_path == "" and s.kind == "output":
+                seen = seen[-1:]  # the root runs once
+            if not seen:
+                idle.append(s.name)
+                continue
+            values = []
+            for v in seen:
+                if s.read is not None:
+                    v = s.read(v)
+                elif s.kind == "input":
+                    v = v[0] if v else None
+                values.append(v)
+            if len(values) <= 1 or s.call_index is not None:
+                v = values[s.call_index or 0] if values and (s.call_index or 0) < len(values) else None
+                sites.append(self._complete(s, v.shape if isinstance(v, torch.Tensor) else None, s.module_path))
+            else:
+                reused[s.name] = len(values)
+                for i, v in enumerate(values):
+                    shape = v.shape if isinstance(v, torch.Tensor) else None
+                    sites.append(self._complete(s.with_(name=f"{s.name}#{i}", call_index=i,
+                                                        description=f"{s.description} (call {i})"),
+                                                shape, s.module_path))
+        self._table = SiteTable(sites, reused, idle)
+        self._traced = True
+        return self._table
+
+    def _complete(self, s: Site, shape: torch.Size | None, module_path: str | None) -> Site:
+        if shape is None:
+            return s
+        axes = s.axes
+        if axes is None:
+            module = self._modules.get(module_path) if module_path is not None else None
+            axes = infer_axes(shape, module)
+        return s.with_(axes=axes, shape=tuple(shape[1:]) if axes and axes[0] == "batch" else tuple(shape))
+
+    def _ensure_traced(self, inputs: Inputs) -> None:
+        if not self._traced:
+            self.trace(inputs)
+
+    def _resolve(self, names: Sequence[str] | str | None) -> list[Site]:
+        if names is None:
+            names = self.default_sites
+        elif isinstance(names, str):
+            names = [names]
+        return [self._table[n] for n in names]
+
+    # ------------------------------------------------------------------ hooks
+    def _attach(self, site: Site, fn: HookFn, handles: _Handles, counters: list[dict]) -> None:
+        """Make ``fn(activation) -> replacement | None`` run at ``site`` once per forward."""
+        if site.kind == "virtual":
+            handles.add(site.attach(self.model, fn))
+            return
+        module = self._modules[site.module_path]
+        state = {"calls": 0}
+        counters.append(state)
+        want = site.call_index
+
+        def run(value: Any, what: str) -> Any:
+            i = state["calls"]
+            state["calls"] += 1
+            if want is None and i > 0:
+                raise RuntimeError(
+                    f"module '{site.module_path}' ran more than once in this forward, so site '{site.name}' "
+                    f"is ambiguous; use the per-call sites '{site.name}#0', '{site.name}#1', ... "
+                    f"(call hm.trace(inputs) to list them)")
+            if want is not None and i != want:
+                return None
+            act = site.read(value) if site.read is not None else value
+            if not isinstance(act, torch.Tensor):
+                raise TypeError(f"site '{site.name}' {what} is a {type(act).__name__}, not a tensor; give the "
+                                f"site a read= function that picks the tensor")
+            new = fn(act)
+            if new is None:
+                return None
+            if new.shape != act.shape:
+                raise _shape_error(site, act.shape, new, "an intervention")
+            return site.write(value, new) if site.write is not None else new
+
+        if site.kind == "output":
+            def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+                return run(output, "output")
+            handles.add(module.register_forward_hook(hook))
+        else:
+            def pre_hook(module: nn.Module, args: tuple) -> Any:
+                if site.read is not None:
+                    return run(args, "input")
+                new = run(args[0], "input")
+                return None if new is None else (new, *args[1:])
+            handles.add(module.register_forward_pre_hook(pre_hook))
+
+    @contextlib.contextmanager
+    def hooks(self, fns: Mapping[str, HookFn | Sequence[HookFn]]) -> Iterator[None]:
+        """Low-level: run ``fn(activation) -> replacement | None`` at each named site for the block.
+
+        Several functions at one site run in order, each seeing the previous one's replacement. All hooks
+        are removed when the block exits, whatever happens inside it.
+        """
+        sites = {name: self._table[name] for name in fns}
+        handles = _Handles()
+        counters: list[dict] = []
+
+        def reset(module: nn.Module, args: tuple) -> None:
+            for c in counters:
+                c["calls"] = 0
+
+        try:
+            handles.add(self.model.register_forward_pre_hook(reset))
+            for name, fn in fns.items():
+                chain = list(fn) if isinstance(fn, (list, tuple)) else [fn]
+                self._attach(sites[name], _chain(chain), handles, counters)
+            yield
+        finally:
+            handles.remove()
+
+    # ------------------------------------------------------------------ public runs
+    @contextlib.contextmanager
+    def intervene(self, interventions: Mapping[str, Any]) -> Iterator["HookedModel"]:
+        """Apply interventions (``{site: intervention or [interventions]}``) to every forward in the block.
+
+        An intervention is a callable ``(activation, site) -> activation`` such as
+        :class:`~interp_core.interventions.Patch`; several at one site compose left to right.
+        """
+        fns = {}
+        for name, iv in interventions.items():
+            site = self._table[name]
+            chain = list(iv) if isinstance(iv, (list, tuple)) else [iv]
+            for c in chain:
+                if not callable(c):
+                    raise TypeError(f"intervention at site '{name}' is a {type(c).__name__}, not a callable "
+                                    f"(activation, site) -> activation")
+            fns[name] = [_bind(c, site) for c in chain]
+        with self.hooks(fns):
+            yield self
+
+    def run_with_interventions(self, inputs: Inputs, interventions: Mapping[str, Any]) -> Any:
+        """One forward on ``inputs`` with the interventions applied; returns the model's output."""
+        self._ensure_traced(inputs)
+        with self.intervene(interventions):
+            return call_model(self.model, inputs)
+
+    def run_with_cache(self, inputs: Inputs, sites: Sequence[str] | str | None = None,
+                       pool: PoolSpec | Mapping[str, PoolSpec] = None, grad: bool = False,
+                       interventions: Mapping[str, Any] | None = None) -> tuple[Any, ActivationCache]:
+        """One forward on ``inputs`` recording the activations of ``sites`` (default: the adapter's).
+
+        Args:
+            pool: ``None``, ``"mean"``, ``"max"``, ``"first"``, ``"last"``, a named position (``"cls"``), a
+                flat position index or one index per pos axis; or a dict ``{site: spec}``. Applied inside the
+                hook, so full activations are never kept.
+            grad: keep the cached tensors in the autograd graph on the path to the output (no pooling);
+                otherwise the forward runs under ``torch.no_grad()``.
+            interventions: applied before recording (the cache holds what flowed forward).
+
+        Returns:
+            ``(output, cache)``; ``cache[site]`` has the site's axes (``cache.axes(site)``), pos axes removed
+            when pooled.
+        """
+        self._ensure_traced(inputs)
+        targets = self._resolve(sites)
+        pools = dict(pool) if isinstance(pool, Mapping) else {s.name: pool for s in targets}
+        if grad and any(pools.get(s.name) is not None for s in targets):
+            raise ValueError("grad=True keeps full activations in the graph; pooling would cut them off. "
+                             "Pool after the forward instead (interp_core.axes.pool)")
+        store: dict[str, torch.Tensor] = {}
+        axes: dict[str, tuple[str, ...] | None] = {}
+
+        def recorder(site: Site) -> HookFn:
+            how = pools.get(site.name)
+
+            def fn(act: torch.Tensor) -> torch.Tensor | None:
+                site_axes = site.axes or infer_axes(act.shape)
+                if grad:
+                    kept = act.clone()
+                    store[site.name] = kept
+                    axes[site.name] = site_axes
+                    return kept.clone()  # the forward continues from a copy: in-place ops can't touch `kept`
+                if how is None:
+                    store[site.name] = act.detach().clone()
+                    axes[site.name] = site_axes
+                    return None
+                if site_axes is None:
+                    raise ValueError(f"site '{site.name}' has unknown axes for shape {tuple(act.shape)}; "
+                                     f"cannot pool. Give the adapter axes for it")
+                pooled, paxes = pool_tensor(act.detach(), site_axes, how, site.pos_names)
+                store[site.name] = pooled.clone() if pooled._base is not None or pooled is act else pooled
+                axes[site.name] = paxes
+                return None
+            return fn
+
+        fns: dict[str, list] = {}
+        for name, iv in (interventions or {}).items():
+            site = self._table[name]
+            chain = list(iv) if isinstance(iv, (list, tuple)) else [iv]
+            fns[name] = [_bind(c, site) for c in chain]
+        for s in targets:
+            fns.setdefault(s.name, []).append(recorder(s))
+        ctx = contextlib.nullcontext() if grad else torch.no_grad()
+        with ctx, self.hooks(fns):
+            out = call_model(self.model, inputs)
+        missing = [s.name for s in targets if s.name not in store]
+        if missing:
+            raise RuntimeError(f"sites {missing} did not run in this forward (a module the model skips?)")
+        return out, ActivationCache(store, axes, {s.name: s for s in targets})
+
+
+def _bind(intervention: Callable, site: Site) -> HookFn:
+    def fn(act: torch.Tensor) -> torch.Tensor:
+        s = site if site.axes is not None else site.with_(axes=infer_axes(act.shape))
+        new = intervention(act, s)
+        if not isinstance(new, torch.Tensor) or new.shape != act.shape:
+            raise _shape_error(site, act.shape, new, type(intervention).__name__)
+        return new
+    return fn
+
+
+def _chain(fns: Sequence[HookFn]) -> HookFn:
+    if len(fns) == 1:
+        return fns[0]
+
+    def fn(act: torch.Tensor) -> torch.Tensor | None:
+        current, changed = act, False
+        for f in fns:
+            new = f(current)
+            if new is not None:
+                current, changed = new, True
+        return current if changed else None
+    return fn

@@ -1,0 +1,197 @@
+"""Interventions: small callables ``(activation, site) -> activation`` applied at a site during a forward.
+
+Use them through ``HookedModel.intervene({site: intervention})`` or ``run_with_interventions``. Several at
+one site compose left to right (pass a list); a dict composes them across sites. Selectors are in the
+site's own terms:
+
+- ``positions``: a flat index over the pos axes, a named position (``"cls"``), a tuple with one index per
+  pos axis (``(h, w)`` for a CNN cell), a list of these, or a boolean mask over the pos axes;
+- ``heads``: an int, a list of ints or a boolean mask over the head axis;
+- ``features``: the same over the feature axis (channels of a CNN, neurons of an MLP).
+
+Only the selected entries change; everything else is passed through untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import torch
+
+from .axes import feature_last, selection_mask
+from .sites import Site
+
+
+class Intervention:
+    """Base class: stores the selectors and applies ``_compute`` only where they select."""
+
+    def __init__(self, positions: Any = None, heads: Any = None, features: Any = None):
+        self.positions = positions
+        self.heads = heads
+        self.features = features
+
+    def mask(self, act: torch.Tensor, site: Site) -> torch.Tensor | None:
+        m = selection_mask(act.shape, site.axes, positions=self.positions, heads=self.heads,
+                           features=self.features, pos_names=site.pos_names, site=site.name)
+        return None if m is None else m.to(act.device)
+
+    def _compute(self, act: torch.Tensor, site: Site) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, act: torch.Tensor, site: Site) -> torch.Tensor:
+        new = self._compute(act, site)
+        m = self.mask(act, site)
+        return new if m is None else torch.where(m, new, act)
+
+    def __repr__(self) -> str:
+        sel = {k: v for k, v in (("positions", self.positions), ("heads", self.heads),
+                                 ("features", self.features)) if v is not None}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in sel.items())})"
+
+
+def _batch_dim(site: Site) -> int:
+    return site.axes.index("batch")
+
+
+def _source_tensor(source: Any, site: Site) -> torch.Tensor:
+    if isinstance(source, torch.Tensor):
+        return source
+    if isinstance(source, Mapping) or hasattr(source, "__getitem__"):
+        return source[site.name]
+    raise TypeError(f"Patch source for site '{site.name}' must be a tensor or a cache, got "
+                    f"{type(source).__name__}")
+
+
+class Patch(Intervention):
+    """Replace the activation (or the selected part) with a source activation.
+
+    ``source``: a tensor shaped like the activation (or with batch size 1, broadcast), or an
+    :class:`~interp_core.cache.ActivationCache` holding the site (unpooled).
+    """
+
+    def __init__(self, source: Any, positions: Any = None, heads: Any = None, features: Any = None):
+        super().__init__(positions, heads, features)
+        self.source = source
+
+    def _compute(self, act: torch.Tensor, site: Site) -> torch.Tensor:
+        src = _source_tensor(self.source, site).to(device=act.device, dtype=act.dtype)
+        b = _batch_dim(site)
+        ok = src.dim() == act.dim() and all(
+            s == a or (d == b and s == 1) for d, (s, a) in enumerate(zip(src.shape, act.shape)))
+        if not ok:
+            raise ValueError(f"Patch at site '{site.name}': source has shape {tuple(src.shape)} but the "
+                             f"activation has shape {tuple(act.shape)} (axes {site.axes}); record the source "
+                             f"at the same site, unpooled, with the same batch size (or batch size 1)")
+        return src.expand_as(act)
+
+
+class Ablate(Intervention):
+    """Ablate the activation: ``"zero"``, ``"mean"`` or ``"resample"``.
+
+    ``stats`` (mean and resample): a tensor of reference activations ``[N, ...]`` shaped like the site's
+    activation (batch axis first), a per-example mean already reduced (the activation's shape without the
+    batch axis), or a cache holding the site. Mean ablation replaces each entry by its mean over the
+    reference batch (per position); resample ablation replaces each example by a random reference example
+    (``seed`` fixes the draw).
+    """
+
+    def __init__(self, method: Literal["zero", "mean", "resample"] = "zero", stats: Any = None,
+                 positions: Any = None, heads: Any = None, features: Any = None, seed: int = 0):
+        super().__init__(positions, heads, features)
+        if method not in ("zero", "mean", "resample"):
+            raise ValueError(f"Ablate method must be 'zero', 'mean' or 'resample', got {method!r}")
+        if method != "zero" and stats is None:
+            raise ValueError(f"Ablate({method!r}) needs stats=: reference activations (a tensor or a cache "
+                             f"recorded at this site over a dataset)")
+        self.method = method
+        self.stats = stats
+        self.seed = seed
+
+    def _reference(self, act: torch.Tensor, site: Site) -> torch.Tensor:
+        ref = _source_tensor(self.stats, site).to(device=act.device, dtype=act.dtype)
+        b = _batch_dim(site)
+        per_example = act.shape[:b] + act.shape[b + 1:]
+        if self.method == "mean" and ref.shape == per_example:
+            return ref.unsqueeze(b)
+        if ref.dim() != act.dim() or ref.shape[:b] + ref.shape[b + 1:] != per_example:
+            raise ValueError(f"Ablate({self.method!r}) at site '{site.name}': stats have shape "
+                             f"{tuple(ref.shape)}, expected [N, ...] matching the activation "
+                             f"{tuple(act.shape)} (axes {site.axes}) except on the batch axis")
+        return ref
+
+    def _compute(self, act: torch.Tensor, site: Site) -> torch.Tensor:
+        if self.method == "zero":
+            return torch.zeros_like(act)
+        ref = self._reference(act, site)
+        b = _batch_dim(site)
+        if self.method == "mean":
+            return ref.mean(dim=b, keepdim=True).expand_as(act) if ref.shape[b] != 1 else ref.expand_as(act)
+        g = torch.Generator().manual_seed(self.seed)
+        idx = torch.randint(ref.shape[b], (act.shape[b],), generator=g).to(act.device)
+        return ref.index_select(b, idx)
+
+
+def _direction(direction: Any, d: int, site: Site, what: str) -> torch.Tensor:
+    v = torch.as_tensor(direction)
+    if v.dim() != 1:
+        v = v.reshape(-1)
+    if v.numel() != d:
+        raise ValueError(f"{what} at site '{site.name}': direction has {v.numel()} entries, expected {d} "
+                         f"(the site's head x feature size; axes {site.axes})")
+    return v
+
+
+class Steer(Intervention):
+    """Add ``alpha * direction`` in the site's feature space (head and feature axes flattened, as in
+    ``cache.features``), at the selected positions. ``direction`` is used as given (not normalised)."""
+
+    def __init__(self, direction: Any, alpha: float = 1.0, positions: Any = None):
+        super().__init__(positions)
+        self.direction = direction
+        self.alpha = alpha
+
+    def _compute(self, act: torch.Tensor, site: Site) -> torch.Tensor:
+        flat, restore = feature_last(act, site.axes)
+        v = _direction(self.direction, flat.shape[-1], site, "Steer").to(act.device, act.dtype)
+        return restore(flat + self.alpha * v)
+
+
+class ProjectOut(Intervention):
+    """Remove the component along ``direction`` (or the span of several, rows of a ``[k, d]`` matrix) in
+    the site's feature space: ``x - P x`` with ``P`` the orthogonal projector onto the span."""
+
+    def __init__(self, direction: Any, positions: Any = None):
+        super().__init__(positions)
+        self.direction = direction
+
+    def _compute(self, act: torch.Tensor, site: Site) -> torch.Tensor:
+        flat, restore = feature_last(act, site.axes)
+        d = flat.shape[-1]
+        v = torch.as_tensor(self.direction).to(act.device, act.dtype)
+        basis = v.reshape(1, -1) if v.dim() == 1 else v
+        if basis.shape[-1] != d:
+            raise ValueError(f"ProjectOut at site '{site.name}': direction has {basis.shape[-1]} features, "
+                             f"expected {d} (axes {site.axes})")
+        q, _ = torch.linalg.qr(basis.T)  # orthonormal basis of the span, [d, k]
+        return restore(flat - (flat @ q) @ q.T)
+
+
+class Replace(Intervention):
+    """Replace the activation with ``fn(activation)`` or ``fn(activation, site)``; the result must keep the
+    shape. Selectors restrict which entries take the new values."""
+
+    def __init__(self, fn: Callable, positions: Any = None, heads: Any = None, features: Any = None):
+        super().__init__(positions, heads, features)
+        self.fn = fn
+        try:
+            params = inspect.signature(fn).parameters.values()
+            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                          p.VAR_POSITIONAL)]
+            self._wants_site = len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional)
+        except (TypeError, ValueError):
+            self._wants_site = False
+
+    def _compute(self, act: torch.Tensor, site: Site) -> torch.Tensor:
+        return self.fn(act, site) if self._wants_site else self.fn(act)

@@ -1,0 +1,1 @@
+"""rl: the interp-suite adapter for reinforcement-learning agents."""

@@ -1,0 +1,1 @@
+"""vision: the interp-suite adapter for image classifiers."""
