@@ -160,7 +160,7 @@ def selection_mask(shape: Sequence[int], axes: Sequence[str], *, positions=None,
             items = positions if isinstance(positions, list) else [positions]
             flat = torch.zeros(math.prod(pos_shape), dtype=torch.bool)
             for p in items:
-                flat[flat_position(p, pos_shape, pos_names)] = True
+                flat[flat_position(p, pos_shape, pos_names, what=f"site '{site}': position")] = True
             pm = flat.reshape(pos_shape)
         if pdims != list(range(pdims[0], pdims[0] + len(pdims))):
             raise ValueError(f"site {site!r}: pos axes {pdims} are not adjacent; use Replace(fn) instead")

@@ -84,7 +84,7 @@ class Patch(Intervention):
             raise ValueError(f"Patch at site '{site.name}': source has shape {tuple(src.shape)} but the "
                              f"activation has shape {tuple(act.shape)} (axes {site.axes}); record the source "
                              f"at the same site, unpooled, with the same batch size (or batch size 1)")
-        return src.expand_as(act)
+        return src.expand_as(act).clone()  # a copy: in-place ops downstream must not write into the source
 
 
 class Ablate(Intervention):
@@ -127,7 +127,8 @@ class Ablate(Intervention):
         ref = self._reference(act, site)
         b = _batch_dim(site)
         if self.method == "mean":
-            return ref.mean(dim=b, keepdim=True).expand_as(act) if ref.shape[b] != 1 else ref.expand_as(act)
+            mean = ref.mean(dim=b, keepdim=True) if ref.shape[b] != 1 else ref
+            return mean.expand_as(act).clone()
         g = torch.Generator().manual_seed(self.seed)
         idx = torch.randint(ref.shape[b], (act.shape[b],), generator=g).to(act.device)
         return ref.index_select(b, idx)
