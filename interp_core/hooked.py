@@ -155,11 +155,18 @@ class HookedModel:
     def trace(self, inputs: Inputs) -> SiteTable:
         """Run one forward (no grad, eval mode, state restored) to learn shapes, axes and reused modules."""
         calls: dict[str, list[Any]] = {}
+        events: dict[str, list[int]] = {}  # path -> [start, end, start, end, ...] in call order
+        clock = [0]
         handles = _Handles()
+
+        def tick(path: str) -> None:
+            events.setdefault(path, []).append(clock[0])
+            clock[0] += 1
 
         def recorder(path: str) -> Callable:
             def hook(module: nn.Module, args: tuple, output: Any) -> None:
                 calls.setdefault(path, []).append(output)
+                tick(path)
             return hook
 
         virtual: dict[str, torch.Size] = {}
@@ -174,6 +181,7 @@ class HookedModel:
         def pre_recorder(path: str) -> Callable:
             def hook(module: nn.Module, args: tuple) -> None:
                 inputs_seen.setdefault(path, []).append(args)
+                tick(path)
             return hook
 
         try:
@@ -222,8 +230,25 @@ class HookedModel:
                                                         description=f"{s.description} (call {i})"),
                                                 shape, s.module_path))
         self._table = SiteTable(sites, reused, idle)
+        # (start, end) of every module that ran exactly once: what finished before a site can be reused
+        self._span = {p: (e[0], e[1]) for p, e in events.items() if len(e) == 2 and p}
         self._traced = True
         return self._table
+
+    def completed_before(self, site: str) -> list[str]:
+        """The outermost modules that finish, in the traced forward, before ``site``'s module starts.
+
+        Their outputs depend only on the input, so a run that changes ``site`` may reuse them instead of
+        recomputing them (patching does this to start each patched run at the patched layer). Empty when
+        the order is unknown (untraced, or a module that runs several times).
+        """
+        s = self._table[site]
+        span = getattr(self, "_span", {})
+        if s.module_path not in span:
+            return []
+        start = span[s.module_path][0]
+        done = [p for p, (_, end) in span.items() if end < start and not s.module_path.startswith(p + ".")]
+        return [p for p in done if not any(p.startswith(q + ".") for q in done)]
 
     def _complete(self, s: Site, shape: torch.Size | None, module_path: str | None) -> Site:
         if shape is None:
@@ -275,7 +300,13 @@ class HookedModel:
                 return None
             if new.shape != act.shape:
                 raise _shape_error(site, act.shape, new, "an intervention")
-            return site.write(value, new) if site.write is not None else new
+            if site.write is None:
+                return new
+            written = site.write(value, new)
+            if site.read is not None and not torch.equal(site.read(written), new):
+                raise RuntimeError(f"site '{site.name}': its write function did not put the new activation in "
+                                   f"place (reading it back gives other values); fix the adapter's write")
+            return written
 
         if site.kind == "output":
             def hook(module: nn.Module, args: tuple, output: Any) -> Any:

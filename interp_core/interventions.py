@@ -180,17 +180,17 @@ class ProjectOut(Intervention):
 
 
 class Replace(Intervention):
-    """Replace the activation with ``fn(activation)`` or ``fn(activation, site)``; the result must keep the
-    shape. Selectors restrict which entries take the new values."""
+    """Replace the activation with ``fn(activation)`` or ``fn(activation, site)`` (when ``fn`` takes two
+    required positional arguments); the result must keep the shape. Selectors restrict which entries take the new values."""
 
     def __init__(self, fn: Callable, positions: Any = None, heads: Any = None, features: Any = None):
         super().__init__(positions, heads, features)
         self.fn = fn
         try:
             params = inspect.signature(fn).parameters.values()
-            positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
-                                                          p.VAR_POSITIONAL)]
-            self._wants_site = len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in positional)
+            required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                        and p.default is p.empty]
+            self._wants_site = len(required) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
         except (TypeError, ValueError):
             self._wants_site = False
 

@@ -27,13 +27,14 @@ import json
 import math
 import os
 import struct
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as save_bytes
 from tqdm.auto import tqdm
 
 from .axes import PoolSpec, pool as pool_tensor, to_rows
@@ -200,30 +201,42 @@ class ActivationStore:
         pending: list[tuple[ActivationCache, torch.Tensor | None]] = []
         start = done
         i = -1
-        for i, batch in enumerate(data):
-            inputs, labels = _split_batch(batch)
-            if i == 0:
-                fp = _fingerprint(inputs)
-                if self.manifest.get("fingerprint") is None:
-                    self.manifest["fingerprint"] = fp
-                elif fp != self.manifest["fingerprint"]:
-                    raise ValueError(f"the data's first batch differs from the one this store started with; "
-                                     f"resuming needs the same data in the same order (or resume=False)")
-            if i < done:
-                continue
-            _, cache = model.run_with_cache(inputs, sites=names, pool=pool)
-            pending.append((cache, labels))
-            bar.update(1)
-            if len(pending) == per_shard:
-                self._flush(pending, start, i + 1, dtype)
-                pending, start = [], i + 1
-        if pending:
-            self._flush(pending, start, i + 1, dtype)
+        # Shards are written by one background thread while the model computes the next ones; at most one
+        # shard waits in memory, and the manifest only ever lists shards that are fully on disk.
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            in_flight = None
+            for i, batch in enumerate(data):
+                inputs, labels = _split_batch(batch)
+                if i == 0:
+                    fp = _fingerprint(inputs)
+                    if self.manifest.get("fingerprint") is None:
+                        self.manifest["fingerprint"] = fp
+                    elif fp != self.manifest["fingerprint"]:
+                        raise ValueError("the data's first batch differs from the one this store started with; "
+                                         "resuming needs the same data in the same order (or resume=False)")
+                if i < done:
+                    continue
+                _, cache = model.run_with_cache(inputs, sites=names, pool=pool)
+                pending.append((cache, labels))
+                bar.update(1)
+                if len(pending) == per_shard:
+                    in_flight = self._flush(writer, in_flight, pending, start, i + 1, dtype)
+                    pending, start = [], i + 1
+            if pending:
+                in_flight = self._flush(writer, in_flight, pending, start, i + 1, dtype)
+            if in_flight is not None:
+                in_flight.result()
         bar.close()
         self.manifest["complete"] = True
         self._write_manifest()
 
-    def _flush(self, pending: list, start: int, end: int, dtype: torch.dtype | None) -> None:
+    def _flush(self, writer: ThreadPoolExecutor, in_flight: Future | None, pending: list, start: int, end: int,
+               dtype: torch.dtype | None) -> Future:
+        if in_flight is not None:
+            in_flight.result()  # raises the writer's error, if any
+        return writer.submit(self._write_shard, list(pending), start, end, dtype)
+
+    def _write_shard(self, pending: list, start: int, end: int, dtype: torch.dtype | None) -> None:
         cache = ActivationCache.cat([c for c, _ in pending])
         tensors = {}
         for name in cache:
@@ -235,19 +248,21 @@ class ActivationStore:
                                                 "pos_names": dict(getattr(cache.site(name), "pos_names", {}))}
         if all(lab is not None for _, lab in pending):
             tensors[LABELS] = torch.cat([lab.detach().cpu() for _, lab in pending]).contiguous()
-        k = len(self.manifest["shards"])
         entry = {"batches": [start, end], "rows": {n: int(t.shape[0]) for n, t in tensors.items()}}
+        k = len(self.manifest["shards"])
         if self.path is None:
             self._memory.append(tensors)
         else:
             fname = f"shard_{k:05d}.safetensors"
+            blob = save_bytes(tensors)
             tmp = self.path / (fname + ".tmp")
-            save_file(tensors, str(tmp))
-            with open(tmp, "rb") as f:
+            with open(tmp, "wb") as f:
+                f.write(blob)
+                f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path / fname)
             entry["file"] = fname
-            entry["sha256"] = _sha256(self.path / fname)
+            entry["sha256"] = hashlib.sha256(blob).hexdigest()
         self.manifest["shards"].append(entry)
         self._write_manifest()
 

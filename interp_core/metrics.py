@@ -1,0 +1,112 @@
+"""Metrics: functions of a model's output, one number per example.
+
+Every metric is a callable ``metric(output) -> Tensor[batch]`` with a ``name``. ``output`` is the model's
+output: a logits tensor ``[batch, classes]``, or a tuple/dict whose logits come first / under ``"logits"``
+(policies returning ``(logits, value)``). Definitions:
+
+- ``logit(c)``: ``z_c``; ``logit_diff(a, b)``: ``z_a - z_b`` (Wang et al. 2022, IOI);
+- ``prob(c)``: ``softmax(z)_c``; ``log_prob(c)``: ``log softmax(z)_c`` (for a policy: the action
+  log-probability, ``action_log_prob``);
+- ``kl_from(reference)``: ``KL(softmax(z_ref) || softmax(z))`` per example, 0 when unchanged;
+- ``value(key=1)``: the value head, picked out of a tuple/dict output.
+
+A class index may be an int (same for all examples) or a ``[batch]`` tensor (per example, e.g. labels).
+Patching normalises any metric as ``(m - m_corrupted) / (m_clean - m_corrupted)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+class Metric:
+    """A named metric ``output -> Tensor[batch]``."""
+
+    def __init__(self, fn: Callable[[Any], torch.Tensor], name: str):
+        self.fn = fn
+        self.name = name
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        m = self.fn(output)
+        if not isinstance(m, torch.Tensor) or m.dim() != 1:
+            shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
+            raise ValueError(f"metric {self.name!r} returned {shape}; a metric returns one number per example, "
+                             f"a tensor of shape [batch]")
+        return m
+
+    def __repr__(self) -> str:
+        return f"Metric({self.name})"
+
+
+def as_metric(metric: Callable[[Any], torch.Tensor] | Metric) -> Metric:
+    """Wrap a plain callable so its output shape is checked."""
+    if isinstance(metric, Metric):
+        return metric
+    if not callable(metric):
+        raise TypeError(f"a metric is a callable output -> Tensor[batch], got {type(metric).__name__}")
+    return Metric(metric, getattr(metric, "__name__", "metric"))
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits in a model's output (a tensor, the first element of a tuple, or ``output["logits"]``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        return output["logits"]
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    if hasattr(output, "logits"):
+        return output.logits
+    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
+
+
+def _pick(z: torch.Tensor, c: int | torch.Tensor) -> torch.Tensor:
+    if isinstance(c, torch.Tensor) and c.dim() == 1:
+        if c.shape[0] != z.shape[0]:
+            raise ValueError(f"per-example classes have {c.shape[0]} entries for a batch of {z.shape[0]}")
+        return z.gather(1, c.to(z.device).long()[:, None])[:, 0]
+    return z[:, int(c)]
+
+
+def logit(c: int | torch.Tensor) -> Metric:
+    return Metric(lambda out: _pick(logits_of(out), c), f"logit[{c}]")
+
+
+def logit_diff(a: int | torch.Tensor, b: int | torch.Tensor) -> Metric:
+    return Metric(lambda out: _pick(logits_of(out), a) - _pick(logits_of(out), b), f"logit_diff[{a}-{b}]")
+
+
+def prob(c: int | torch.Tensor) -> Metric:
+    return Metric(lambda out: _pick(logits_of(out).softmax(-1), c), f"prob[{c}]")
+
+
+def log_prob(c: int | torch.Tensor) -> Metric:
+    return Metric(lambda out: _pick(logits_of(out).log_softmax(-1), c), f"log_prob[{c}]")
+
+
+action_log_prob = log_prob
+
+
+def kl_from(reference: torch.Tensor) -> Metric:
+    ref = reference.detach().log_softmax(-1)
+
+    def fn(out: Any) -> torch.Tensor:
+        z = logits_of(out).log_softmax(-1)
+        r = ref.to(z.device)
+        if r.shape[0] == 1 and z.shape[0] != 1:
+            r = r.expand_as(z)
+        return F.kl_div(z, r, log_target=True, reduction="none").sum(-1)
+
+    return Metric(fn, "kl_from_reference")
+
+
+def value(key: int | str = 1) -> Metric:
+    def fn(out: Any) -> torch.Tensor:
+        v = out[key]
+        return v.reshape(v.shape[0], -1)[:, 0]
+
+    return Metric(fn, f"value[{key}]")
