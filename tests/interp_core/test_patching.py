@@ -195,3 +195,26 @@ def test_a_write_that_does_not_take_effect_is_caught():
     hm = HookedModel(make_policy(), Buggy())
     with pytest.raises(RuntimeError, match="did not put the new activation in place"):
         patch_sweep(hm, torch.randn(2, 6), torch.randn(2, 6), ["h"], logit(0), progress=False)
+
+
+def test_result_table_plot_and_json(tmp_path):
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    build, data, sites = CASES["cnn"]
+    hm = HookedModel(build())
+    g = torch.Generator().manual_seed(1)
+    res = patch_sweep(hm, data(g), data(g), sites[:2], logit_diff(0, 1), progress=False)
+    rows = res.table()
+    assert len(rows) == 2 * 64 and {"site", "unit", "effect", "metric", "no_op"} <= set(rows[0])
+    assert res.top(3)[0]["effect"] == max((r["effect"] for r in rows), key=abs)
+    fig = res.plot()
+    assert len(fig.axes) >= 2  # one (h, w) panel per site + colour bar
+    saved = json.loads(res.save(tmp_path / "r.json").read_text())
+    assert saved["config"]["mode"] == "denoising" and len(saved["effects"]["stem"]) == 8
+    build, data, sites = CASES["policy"]
+    hp = HookedModel(build())
+    fig = patch_sweep(hp, data(g), data(g), sites, logit_diff(0, 1), progress=False).plot()
+    assert fig.axes[0].get_images()[0].get_array().shape == (3, 16)  # layer x unit
