@@ -82,7 +82,7 @@ def nnsight_loop(model, clean, corrupted, paths, units_per_site=None):
             for u in units:
                 with nm.trace(corrupted):
                     e.output[:, u] = act[:, u]
-                    out = nm.output.save()
+                    nm.output.save()
                 n += 1
     return n
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from .axes import PoolSpec, pool as pool_tensor, to_rows
+from .axes import PoolSpec, to_rows
+from .axes import pool as pool_tensor
 
 
 class ActivationCache(Mapping[str, torch.Tensor]):

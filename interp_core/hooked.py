@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .axes import PoolSpec, pool as pool_tensor
+from .axes import PoolSpec
+from .axes import pool as pool_tensor
 from .cache import ActivationCache
 from .sites import Adapter, GenericAdapter, HookFn, Site, SiteTable, infer_axes
 

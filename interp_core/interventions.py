@@ -181,7 +181,8 @@ class ProjectOut(Intervention):
 
 class Replace(Intervention):
     """Replace the activation with ``fn(activation)`` or ``fn(activation, site)`` (when ``fn`` takes two
-    required positional arguments); the result must keep the shape. Selectors restrict which entries take the new values."""
+    required positional arguments); the result must keep the shape. Selectors restrict which entries take
+    the new values."""
 
     def __init__(self, fn: Callable, positions: Any = None, heads: Any = None, features: Any = None):
         super().__init__(positions, heads, features)

@@ -27,17 +27,19 @@ import json
 import math
 import os
 import struct
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save as save_bytes
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 from tqdm.auto import tqdm
 
-from .axes import PoolSpec, pool as pool_tensor, to_rows
+from .axes import PoolSpec, to_rows
+from .axes import pool as pool_tensor
 from .cache import ActivationCache
 
 MANIFEST = "manifest.json"
@@ -368,7 +370,9 @@ class ActivationStore:
                 axes = self.axes(n)
                 parts = []
                 for sh in shards:
-                    t, a = pool_tensor(sh[n].float(), axes, pool, self._pos_names(n)) if pool is not None else (sh[n].float(), axes)
+                    t, a = sh[n].float(), axes
+                    if pool is not None:
+                        t, a = pool_tensor(t, a, pool, self._pos_names(n))
                     parts.append(to_rows(t, a))
                 rows[n] = torch.cat(parts)
             if labels:

@@ -26,8 +26,8 @@ def test_sites_prints_the_site_table(capsys, spec, expected):
 
 def test_sites_match_filters(capsys):
     assert main(["sites", "timm:vit_tiny_patch16_224", "--match", "blocks.3.attn.*"]) == 0
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("blocks.")]
-    assert lines and all(l.startswith("blocks.3.attn.") for l in lines)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("blocks.")]
+    assert lines and all(ln.startswith("blocks.3.attn.") for ln in lines)
 
 
 def test_bad_model_spec_is_a_clear_error(capsys):
