@@ -1,0 +1,146 @@
+"""Steering directions and sweeps against closed forms on planted models (CNN, ViT, policy)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from interp_core import HookedModel
+from interp_core.probes import LinearProbe
+from interp_core.steering import SteeringResult, diff_means, mean_features, probe_direction, steering_sweep
+
+from ..conftest import make_cnn, make_policy
+
+
+def tiny_vit():
+    import timm
+    torch.manual_seed(0)
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3).eval()
+
+
+def test_diff_means_of_linear_site_is_weight_times_input_shift():
+    # site "0" is Linear(6, 16): mean(W x_a + b) - mean(W x_b + b) = W (mean x_a - mean x_b), exactly
+    policy = make_policy()
+    g = torch.Generator().manual_seed(0)
+    xa, xb = torch.randn(300, 6, generator=g) + 1.5, torch.randn(200, 6, generator=g)
+    v = diff_means(policy, xa, xb, site="0", batch_size=64)
+    expected = policy[0].weight.detach() @ (xa.mean(0) - xb.mean(0))
+    assert torch.allclose(v, expected, atol=1e-5)
+    u = diff_means(policy, xa, xb, site="0", normalize=True)
+    assert torch.allclose(u, expected / expected.norm(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vit"])
+def test_diff_means_pooling_matches_cache(kind):
+    g = torch.Generator().manual_seed(1)
+    if kind == "cnn":
+        model, site, shape, pool = make_cnn(), "block", (3, 8, 8), "mean"
+    else:
+        model, site, shape, pool = tiny_vit(), "blocks.1", (3, 16, 16), 0  # the CLS token
+    hm = HookedModel(model)
+    xa, xb = torch.randn(20, *shape, generator=g), torch.randn(30, *shape, generator=g) * 2
+    v = diff_means(hm, xa, xb, site=site, pool=pool, batch_size=7)
+    _, ca = hm.run_with_cache(xa, sites=[site])
+    _, cb = hm.run_with_cache(xb, sites=[site])
+    a, b = ca[site], cb[site]
+    if kind == "cnn":  # [B, C, H, W]: mean over cells, then over images
+        truth = a.mean((0, 2, 3)) - b.mean((0, 2, 3))
+    else:  # [B, P, D]: CLS row
+        truth = a[:, 0].mean(0) - b[:, 0].mean(0)
+    assert torch.allclose(v, truth, atol=1e-5)
+    # pool=None averages over every position of every input, which for equal position counts is the same
+    assert torch.allclose(mean_features(hm, xa, site, pool=None), a.mean(0).reshape(a.shape[1], -1).mean(1)
+                          if kind == "cnn" else a.mean((0, 1)), atol=1e-5)
+
+
+def test_steering_linear_effect_closed_form():
+    # planted: out = A h + c with h the steered site, so metric(out) = out[:, k] moves by alpha * (A v)[k]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Linear(8, 3)).eval()
+    x = torch.randn(40, 5)
+    v = torch.randn(8)
+    alphas = [-2.0, -0.5, 0.0, 1.0, 3.0]
+    res = steering_sweep(model, x, site="0", direction=v, alphas=alphas, metric=lambda out: out[:, 2])
+    with torch.no_grad():
+        base = model(x)[:, 2]
+    effect = float(model[1].weight[2].detach() @ v)
+    expected = np.stack([(base + a * effect).numpy() for a in alphas])
+    assert isinstance(res, SteeringResult)
+    assert np.allclose(res.values, expected, atol=1e-5)
+    assert res.slope() == pytest.approx(effect, rel=1e-5)
+    assert res.table[2]["alpha"] == 0.0 and res.table[2]["mean"] == pytest.approx(float(base.mean()), abs=1e-5)
+
+
+def test_steering_nonlinear_closed_form_on_policy_and_positions_on_cnn():
+    policy = make_policy()
+    x = torch.randn(25, 6)
+    v = torch.randn(16)
+    _, c = HookedModel(policy).run_with_cache(x, sites=["2"])
+    res = steering_sweep(policy, x, "2", v, [0.0, 0.7, 2.0], metric=lambda o: o[:, 0] - o[:, 1], batch_size=10)
+    with torch.no_grad():
+        for i, a in enumerate([0.0, 0.7, 2.0]):
+            out = policy[4](torch.tanh(c["2"] + a * v))
+            assert np.allclose(res.values[i], (out[:, 0] - out[:, 1]).numpy(), atol=1e-5)
+    # CNN: steer the stem at one cell only; the effect equals a hand-written hook doing the same
+    cnn = make_cnn()
+    xi = torch.randn(4, 3, 8, 8)
+    w = torch.randn(8)
+    res = steering_sweep(cnn, xi, "stem", w, [1.5], metric=lambda o: o[:, 1], positions=[(2, 3)])
+
+    def hook(mod, args, out):
+        out = out.clone()
+        out[:, :, 2, 3] += 1.5 * w
+        return out
+    h = cnn.stem.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            truth = cnn(xi)[:, 1]
+    finally:
+        h.remove()
+    assert np.allclose(res.values[0], truth.numpy(), atol=1e-5)
+
+
+def test_probe_direction_steers_towards_class():
+    # a probe on the logits site of a policy: steering along the direction for class 2 raises logit 2 - mean
+    policy = make_policy()
+    hm = HookedModel(policy)
+    x = torch.randn(500, 6)
+    _, c = hm.run_with_cache(x, sites=["4"])
+    labels = c["4"].argmax(1).numpy()
+    probe = LinearProbe(l2=1.0).fit(c.features("4"), labels)
+    v = probe_direction(probe, label=int(labels[0]))
+    assert v.norm() == pytest.approx(1.0, abs=1e-5)
+    res = steering_sweep(hm, x, "4", v, [0.0, 1.0, 2.0],
+                         metric=lambda o: o[:, int(labels[0])] - o.mean(1))
+    # on the logits site the effect is exactly alpha * (v_c - mean(v))
+    assert res.slope() == pytest.approx(float(v[int(labels[0])] - v.mean()), rel=1e-4)
+    assert res.slope() > 0
+
+
+def test_closed_loop_runner_and_errors(tmp_path):
+    policy = make_policy()
+    hm = HookedModel(policy, example_input=torch.randn(1, 6))
+    v = torch.randn(16)
+
+    def rollout(hm_, interventions):  # a toy closed loop: the next observation depends on the action
+        obs, total = torch.zeros(3, 6), torch.zeros(3)
+        with hm_.intervene(interventions):
+            for _ in range(4):
+                logits = hm_(obs)
+                total += logits[:, 0]
+                obs = torch.tanh(obs + logits.sum(1, keepdim=True))
+        return total
+
+    res = steering_sweep(hm, None, "2", v, [0.0, 1.0], metric=lambda tot: tot, runner=rollout)
+    assert res.values.shape == (2, 3)
+    assert np.allclose(res.values[0], rollout(hm, {}).detach().numpy(), atol=1e-6)
+    fig = res.plot()
+    assert fig.axes
+    res.save(tmp_path / "s.json")
+    with pytest.raises(ValueError, match="one number per example"):
+        steering_sweep(policy, torch.randn(4, 6), "2", v, [1.0], metric=lambda o: o)
+    with pytest.raises(ValueError, match="direction has 5 entries, expected 16"):
+        steering_sweep(policy, torch.randn(4, 6), "2", torch.randn(5), [1.0], metric=lambda o: o[:, 0])
+    with pytest.raises(KeyError, match="unknown site"):
+        steering_sweep(policy, torch.randn(4, 6), "22", v, [1.0], metric=lambda o: o[:, 0])
