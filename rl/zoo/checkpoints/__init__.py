@@ -1,0 +1,1 @@
+"""Shipped zoo checkpoints (package data: ``*.safetensors`` weights and ``*.json`` cards)."""

@@ -1,0 +1,100 @@
+"""The zoo's agent specifications: env, algorithm, architecture and training hyper-parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ZooSpec:
+    """How one zoo agent is built and trained.
+
+    Attributes:
+        name: zoo name (``cartpole-ppo``).
+        env_id: id for :func:`rl.envs.make`.
+        algo: ``"ppo"`` (stable-baselines3 PPO) or ``"recurrent_ppo"`` (sb3-contrib RecurrentPPO).
+        policy: SB3 policy name (``MlpPolicy``, ``CnnPolicy``, ``MlpLstmPolicy``).
+        policy_kwargs: architecture (net_arch, extractor, LSTM size, ...).
+        algo_kwargs: PPO hyper-parameters.
+        n_envs: parallel envs (``DummyVecEnv``, one process).
+        total_timesteps: training budget.
+        target: the acceptance target, as ``(metric, threshold)``: ``("mean_return", 475)``.
+        env_kwargs: keyword arguments of the env.
+    """
+
+    name: str
+    env_id: str
+    algo: str
+    policy: str
+    policy_kwargs: dict[str, Any]
+    algo_kwargs: dict[str, Any]
+    n_envs: int
+    total_timesteps: int
+    target: tuple[str, float]
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _specs() -> dict[str, ZooSpec]:
+    from .nets import MiniGridCNN
+
+    return {
+        "cartpole-ppo": ZooSpec(
+            name="cartpole-ppo", env_id="CartPole-v1", algo="ppo", policy="MlpPolicy",
+            policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64]), activation_fn=nn.Tanh),
+            # rl-baselines3-zoo's tuned CartPole-v1 PPO hyper-parameters
+            algo_kwargs=dict(n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
+                             ent_coef=0.0, learning_rate=1e-3, clip_range=0.2),
+            n_envs=8, total_timesteps=40_000, target=("mean_return", 475.0),
+        ),
+        "doorkey-ppo": ZooSpec(
+            name="doorkey-ppo", env_id="MiniGrid-DoorKey-5x5-v0", algo="ppo", policy="CnnPolicy",
+            policy_kwargs=dict(features_extractor_class=MiniGridCNN,
+                               features_extractor_kwargs=dict(features_dim=64),
+                               net_arch=dict(pi=[64], vf=[64]), activation_fn=nn.Tanh,
+                               normalize_images=False),
+            algo_kwargs=dict(n_steps=128, batch_size=256, gae_lambda=0.95, gamma=0.99, n_epochs=4,
+                             ent_coef=0.01, learning_rate=7e-4, clip_range=0.2),
+            n_envs=8, total_timesteps=80_000, target=("success_rate", 0.90),
+        ),
+        "tmaze-recurrent": ZooSpec(
+            name="tmaze-recurrent", env_id="TMaze-v0", algo="recurrent_ppo", policy="MlpLstmPolicy",
+            policy_kwargs=dict(lstm_hidden_size=32, n_lstm_layers=1, shared_lstm=True,
+                               enable_critic_lstm=False, net_arch=dict(pi=[32], vf=[32]),
+                               activation_fn=nn.Tanh),
+            algo_kwargs=dict(n_steps=64, batch_size=256, gae_lambda=0.95, gamma=0.99, n_epochs=8,
+                             ent_coef=0.01, learning_rate=2e-3, clip_range=0.2),
+            n_envs=8, total_timesteps=30_000, target=("success_rate", 0.95),
+            env_kwargs=dict(corridor_length=(3, 6)),
+        ),
+        "tmaze-noisy-recurrent": ZooSpec(
+            name="tmaze-noisy-recurrent", env_id="TMaze-v0", algo="recurrent_ppo", policy="MlpLstmPolicy",
+            policy_kwargs=dict(lstm_hidden_size=32, n_lstm_layers=1, shared_lstm=True,
+                               enable_critic_lstm=False, net_arch=dict(pi=[32], vf=[32]),
+                               activation_fn=nn.Tanh),
+            algo_kwargs=dict(n_steps=64, batch_size=256, gae_lambda=0.95, gamma=0.99, n_epochs=8,
+                             ent_coef=0.01, learning_rate=2e-3, clip_range=0.2),
+            n_envs=8, total_timesteps=60_000, target=("success_rate", 0.95),
+            env_kwargs=dict(corridor_length=(3, 6), distractors=4),
+        ),
+    }
+
+
+SPECS: dict[str, ZooSpec] | None = None
+
+
+def get_spec(name: str) -> ZooSpec:
+    """The :class:`ZooSpec` of a zoo name (without ``@seedN`` / ``-random``)."""
+    global SPECS
+    if SPECS is None:
+        SPECS = _specs()
+    if name not in SPECS:
+        raise KeyError(f"unknown zoo agent {name!r}; available: {sorted(SPECS)}")
+    return SPECS[name]
+
+
+def names() -> list[str]:
+    """The zoo's agent names."""
+    return sorted(_specs())
