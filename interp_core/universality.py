@@ -1,0 +1,467 @@
+"""Feature-level universality: matching units across models, model stitching, and the cross-model study.
+
+- :func:`match_units` — pair the units (neurons, channels, SAE latents: the columns of ``[N, d]`` feature
+  rows) of two models by the Pearson correlation of their activations over the same inputs. ``"hungarian"``:
+  the one-to-one assignment maximising the summed correlation (Kuhn 1955, via
+  ``scipy.optimize.linear_sum_assignment``), as in Li et al. 2016 ("Convergent Learning: Do different neural
+  networks learn the same representations?", ICLR); ``"max"``: each unit of A takes its best-correlated unit of
+  B (many-to-one). A random-init model gives the baseline distribution of matched correlations.
+- :func:`match_features` — the same per layer pair, run from hooked models over data, with a baseline.
+- :func:`stitch` — model stitching (Bansal, Nakkiran & Barak 2021, "Revisiting Model Stitching to Compare
+  Neural Representations", NeurIPS; Lenc & Vedaldi 2015): an affine layer maps A's activation at one site into
+  B's activation space at another (per position: a 1x1 convolution for conv maps), B runs on from there (a
+  :class:`~interp_core.interventions.Replace` at B's site), and the stitched model's accuracy is compared with
+  each model alone. The layer is initialised by least squares (regress B's activation on A's) and then
+  trained on the task loss with both models frozen.
+- :func:`universality_study` — CKA and matched-unit correlations for several model pairs, each against a
+  random-init baseline: one table and one figure set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from .axes import PoolSpec, feature_last
+from .interventions import Replace
+from .results import Result
+from .similarity._arrays import ArrayLike, as_pair
+from .similarity.sources import collect_features
+from .similarity.streaming import LinearCKAAccumulator
+
+logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ unit matching
+def unit_correlations(X: ArrayLike, Y: ArrayLike) -> np.ndarray:
+    """Pearson correlation ``[d1, d2]`` between every column of X and every column of Y (0 for a constant unit)."""
+    X, Y = as_pair(X, Y)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    sx, sy = np.linalg.norm(Xc, axis=0), np.linalg.norm(Yc, axis=0)
+    C = (Xc.T @ Yc) / np.outer(np.where(sx == 0, 1, sx), np.where(sy == 0, 1, sy))
+    C[sx == 0, :] = 0.0
+    C[:, sy == 0] = 0.0
+    return C
+
+
+@dataclass
+class UnitMatch(Result):
+    """Matched units: ``units_a[k]`` of A is paired with ``units_b[k]`` of B at correlation ``correlations[k]``."""
+
+    units_a: np.ndarray
+    units_b: np.ndarray
+    correlations: np.ndarray
+    method: str
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.correlations))
+
+    def plot(self, ax: Any = None) -> Any:
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4, 3))
+        ax.hist(self.correlations, bins=20, range=(-1, 1), color="C0")
+        ax.set_xlabel(f"matched correlation ({self.method})")
+        ax.set_ylabel("units")
+        return ax.figure
+
+
+def match_units(X: ArrayLike, Y: ArrayLike, method: Literal["hungarian", "max"] = "hungarian",
+                absolute: bool = False) -> UnitMatch:
+    """Match the units (columns) of X ``[N, d1]`` to those of Y ``[N, d2]`` by activation correlation.
+
+    Args:
+        method: ``"hungarian"`` (one-to-one, ``min(d1, d2)`` pairs, maximising the summed correlation) or
+            ``"max"`` (each unit of X to its most correlated unit of Y; ``d1`` pairs).
+        absolute: match on ``|corr|`` (a unit and its sign-flipped twin count as the same feature).
+    """
+    C = unit_correlations(X, Y)
+    S = np.abs(C) if absolute else C
+    if method == "hungarian":
+        ia, ib = linear_sum_assignment(S, maximize=True)
+    elif method == "max":
+        ia, ib = np.arange(C.shape[0]), S.argmax(1)
+    else:
+        raise ValueError(f"method must be 'hungarian' or 'max', got {method!r}")
+    return UnitMatch(ia, ib, S[ia, ib], method)
+
+
+@dataclass
+class FeatureMatchResult(Result):
+    """Matched-unit correlations per site pair, trained vs the random-init baseline."""
+
+    site_pairs: list[tuple[str, str]]
+    correlations: list[np.ndarray]
+    baseline: list[np.ndarray] | None
+    method: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> list[dict[str, Any]]:
+        rows = []
+        for k, (a, b) in enumerate(self.site_pairs):
+            row = {"site_a": a, "site_b": b, "mean": float(np.mean(self.correlations[k])),
+                   "median": float(np.median(self.correlations[k])), "units": int(len(self.correlations[k]))}
+            if self.baseline is not None:
+                row["baseline_mean"] = float(np.mean(self.baseline[k]))
+            rows.append(row)
+        return rows
+
+    def plot(self, ax: Any = None, title: str | None = None) -> Any:
+        """Distribution of matched correlations per site pair (trained: blue; baseline: grey)."""
+        import matplotlib.pyplot as plt
+
+        n = len(self.site_pairs)
+        if ax is None:
+            _, ax = plt.subplots(figsize=(1.5 + 0.6 * n, 3.2))
+        pos = np.arange(n)
+        parts = ax.violinplot([np.asarray(c) for c in self.correlations], positions=pos - 0.18, widths=0.34,
+                              showmedians=True)
+        for b in parts["bodies"]:
+            b.set_facecolor("C0")
+        if self.baseline is not None:
+            parts = ax.violinplot([np.asarray(c) for c in self.baseline], positions=pos + 0.18, widths=0.34,
+                                  showmedians=True)
+            for b in parts["bodies"]:
+                b.set_facecolor("0.6")
+        ax.set_xticks(pos, [f"{a}\n{b}" if a != b else a for a, b in self.site_pairs], rotation=90, fontsize=7)
+        ax.set_ylabel(f"matched correlation ({self.method})")
+        ax.set_ylim(-0.2, 1.02)
+        ax.set_title(title or "trained (blue) vs random-init baseline (grey)", fontsize=9)
+        return ax.figure
+
+
+def depth_pairs(sites_a: Sequence[str], sites_b: Sequence[str]) -> list[tuple[str, str]]:
+    """Pair each site of A with the site of B at the same relative depth (``i / (L_a - 1)``)."""
+    la, lb = len(sites_a), len(sites_b)
+    if la == 1:
+        return [(sites_a[0], sites_b[-1])]
+    return [(a, sites_b[round(i * (lb - 1) / (la - 1))]) for i, a in enumerate(sites_a)]
+
+
+def match_features(model_a: Any, model_b: Any, data: Iterable[Any] | None, site_pairs: Sequence[tuple[str, str]],
+                   pool: PoolSpec = "mean", method: Literal["hungarian", "max"] = "hungarian",
+                   baseline: Any = None, max_batches: int | None = None) -> FeatureMatchResult:
+    """Matched-unit correlations for each ``(site of A, site of B)`` pair over the same inputs.
+
+    Args:
+        model_a, model_b, baseline: hooked models (or precomputed sources, see
+            :mod:`interp_core.similarity.sources`); ``baseline`` is a random-init twin of B matched instead of
+            B for the control distribution.
+        data: batches, re-iterable when ``baseline`` is given (each model runs once over it).
+        pool: pooling of positions (``"mean"`` default: one row per input, channels as units).
+    """
+    data = list(data) if data is not None and baseline is not None else data
+    sa = list(dict.fromkeys(a for a, _ in site_pairs))
+    sb = list(dict.fromkeys(b for _, b in site_pairs))
+    xs, ys = collect_features(model_a, model_b, data, sa, sb, pool, max_batches)
+    fa, fb = dict(zip(sa, xs)), dict(zip(sb, ys))
+    corr = [match_units(fa[a], fb[b], method).correlations for a, b in site_pairs]
+    base = None
+    if baseline is not None:
+        _, zs = collect_features(model_a, baseline, data, sa[:1], sb, pool, max_batches)
+        fz = dict(zip(sb, zs))
+        base = [match_units(fa[a], fz[b], method).correlations for a, b in site_pairs]
+    return FeatureMatchResult([tuple(p) for p in site_pairs], corr, base, method,
+                              {"pool": pool, "rows": int(xs[0].shape[0])})
+
+
+# ------------------------------------------------------------------------------------------ stitching
+class StitchingLayer(nn.Module):
+    """Affine map on the feature axis, applied at every position: ``[..., d_a] -> [..., d_b]``.
+
+    For a conv site this is a 1x1 convolution, for a token site a per-token linear layer (Bansal et al. 2021).
+    """
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+@dataclass
+class StitchResult(Result):
+    """Accuracy of A alone, B alone and A's bottom stitched into B's top, on the same test inputs."""
+
+    site_a: str
+    site_b: str
+    accuracy_a: float
+    accuracy_b: float
+    accuracy_stitched: float
+    accuracy_stitched_init: float
+    train_losses: list[float]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def relative(self) -> float:
+        """Stitched accuracy / B's accuracy (Bansal et al.'s "stitching penalty" is 1 minus this)."""
+        return self.accuracy_stitched / self.accuracy_b if self.accuracy_b > 0 else float("nan")
+
+    def plot(self, ax: Any = None) -> Any:
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4, 3))
+        names = ["A", "B", "stitched (lstsq)", "stitched (trained)"]
+        vals = [self.accuracy_a, self.accuracy_b, self.accuracy_stitched_init, self.accuracy_stitched]
+        ax.bar(names, vals, color=["C0", "C1", "0.6", "C2"])
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{self.site_a} -> {self.site_b}", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+        return ax.figure
+
+
+def _logits(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, dict) and "logits" in out:
+        return out["logits"]
+    raise TypeError(f"cannot read logits from a model output of type {type(out).__name__}; pass output_fn=")
+
+
+def _split_xy(batch: Any) -> tuple[Any, torch.Tensor | None]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], torch.Tensor):
+        return batch[0], batch[1]
+    return batch, None
+
+
+class _Stitched:
+    """Run B with its activation at ``site_b`` replaced by ``layer(A's activation at site_a)``."""
+
+    def __init__(self, model_a: Any, site_a: str, model_b: Any, site_b: str, layer: StitchingLayer):
+        self.a, self.b, self.site_a, self.site_b, self.layer = model_a, model_b, site_a, site_b, layer
+
+    def activation_a(self, x: Any) -> torch.Tensor:
+        with torch.no_grad():
+            _, cache = self.a.run_with_cache(x, sites=[self.site_a])
+        act = cache[self.site_a]
+        flat, _ = feature_last(act, cache.axes(self.site_a))
+        return flat
+
+    def __call__(self, x: Any, grad: bool = False) -> Any:
+        src = self.activation_a(x)
+
+        def replace(act: torch.Tensor, site: Any) -> torch.Tensor:
+            flat_b, restore = feature_last(act, site.axes)
+            if src.shape[:-1] != flat_b.shape[:-1]:
+                raise ValueError(f"stitching {self.site_a} -> {self.site_b}: A's activation has positions "
+                                 f"{tuple(src.shape[:-1])} but B's has {tuple(flat_b.shape[:-1])}; stitch sites "
+                                 f"with the same batch and position layout")
+            return restore(self.layer(src.to(act.dtype)))
+
+        ctx = torch.enable_grad() if grad else torch.no_grad()
+        with ctx, self.b.intervene({self.site_b: Replace(replace)}):
+            return self.b(x)
+
+
+def _accuracy(fn: Callable[[Any], Any], batches: Sequence[Any], output_fn: Callable, targets: Callable) -> float:
+    hit = tot = 0
+    for batch in batches:
+        x, _ = _split_xy(batch)
+        with torch.no_grad():
+            pred = output_fn(fn(x)).argmax(-1)
+        y = targets(batch)
+        hit += int((pred == y).sum())
+        tot += int(y.numel())
+    return hit / max(tot, 1)
+
+
+def stitch(model_a: Any, site_a: str, model_b: Any, site_b: str, train_data: Iterable[Any],
+           test_data: Iterable[Any], target: Literal["labels", "model_b"] = "labels", epochs: int = 3,
+           lr: float = 1e-3, ridge: float = 1e-6, output_fn: Callable[[Any], torch.Tensor] = _logits,
+           seed: int = 0) -> StitchResult:
+    """Stitch A's ``site_a`` into B's ``site_b`` with an affine layer; report accuracies (Bansal et al. 2021).
+
+    Args:
+        model_a, model_b: hooked models (frozen: neither their weights nor their ``.grad`` change).
+        train_data, test_data: batches ``(inputs, labels)`` (or inputs alone with ``target="model_b"``).
+        target: ``"labels"`` (accuracy and loss against the labels) or ``"model_b"`` (against B's own
+            predictions: the agreement with B, e.g. for a policy's actions).
+        epochs: passes of task-loss training after the least-squares initialisation (0: least squares only).
+        ridge: L2 regularisation of the least-squares initialisation (relative to the mean feature variance).
+    """
+    train, test = list(train_data), list(test_data)
+    if not train or not test:
+        raise ValueError("stitch needs non-empty train_data and test_data")
+    torch.manual_seed(seed)
+
+    def targets(batch: Any) -> torch.Tensor:
+        x, y = _split_xy(batch)
+        if target == "labels":
+            if y is None:
+                raise ValueError("target='labels' needs batches (inputs, labels); use target='model_b' otherwise")
+            return y
+        with torch.no_grad():
+            return output_fn(model_b(x)).argmax(-1)
+
+    # least-squares initialisation from the normal equations (streamed over batches)
+    xtx = xty = None
+    sx = sy = None
+    n = 0
+    for batch in train:
+        x, _ = _split_xy(batch)
+        with torch.no_grad():
+            _, ca = model_a.run_with_cache(x, sites=[site_a])
+            _, cb = model_b.run_with_cache(x, sites=[site_b])
+        fa = feature_last(ca[site_a], ca.axes(site_a))[0]
+        fa = fa.reshape(-1, fa.shape[-1])
+        fb = feature_last(cb[site_b], cb.axes(site_b))[0]
+        fb = fb.reshape(-1, fb.shape[-1])
+        if fa.shape[0] != fb.shape[0]:
+            raise ValueError(f"stitching {site_a} -> {site_b}: {fa.shape[0]} rows (batch x positions) at A but "
+                             f"{fb.shape[0]} at B; stitch sites with the same position layout")
+        fa, fb = fa.double(), fb.double()
+        if xtx is None:
+            xtx, xty = torch.zeros(fa.shape[1], fa.shape[1], dtype=torch.float64), torch.zeros(
+                fa.shape[1], fb.shape[1], dtype=torch.float64)
+            sx, sy = torch.zeros(fa.shape[1], dtype=torch.float64), torch.zeros(fb.shape[1], dtype=torch.float64)
+        xtx += fa.T @ fa
+        xty += fa.T @ fb
+        sx += fa.sum(0)
+        sy += fb.sum(0)
+        n += fa.shape[0]
+    mx, my = sx / n, sy / n
+    cxx = xtx / n - torch.outer(mx, mx)
+    cxy = xty / n - torch.outer(mx, my)
+    lam = ridge * float(torch.diagonal(cxx).mean().clamp_min(1e-12))
+    W = torch.linalg.solve(cxx + lam * torch.eye(len(cxx), dtype=torch.float64), cxy)  # [d_a, d_b]
+    layer = StitchingLayer(W.shape[0], W.shape[1])
+    with torch.no_grad():
+        layer.linear.weight.copy_(W.T.float())
+        layer.linear.bias.copy_((my - mx @ W).float())
+    stitched = _Stitched(model_a, site_a, model_b, site_b, layer)
+
+    with model_a.evaluating(), model_b.evaluating():
+        acc_init = _accuracy(stitched, test, output_fn, targets)
+        losses: list[float] = []
+        opt = torch.optim.Adam(layer.parameters(), lr=lr)
+        params = list(layer.parameters())
+        for _ in range(epochs):
+            for batch in train:
+                x, _ = _split_xy(batch)
+                y = targets(batch)
+                loss = nn.functional.cross_entropy(output_fn(stitched(x, grad=True)), y)
+                grads = torch.autograd.grad(loss, params)  # only the layer: B's .grad stays untouched
+                for p, g in zip(params, grads):
+                    p.grad = g
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+        acc_a = _accuracy(model_a, test, output_fn, targets)
+        acc_b = _accuracy(model_b, test, output_fn, targets)
+        acc_s = _accuracy(stitched, test, output_fn, targets)
+    return StitchResult(site_a, site_b, acc_a, acc_b, acc_s, acc_init, losses,
+                        {"target": target, "epochs": epochs, "lr": lr, "ridge": ridge, "seed": seed,
+                         "train_batches": len(train), "test_batches": len(test)})
+
+
+# ------------------------------------------------------------------------------------------ the study
+@dataclass
+class Comparison:
+    """One model pair of a universality study.
+
+    ``baseline``: the random-init twin of ``model_b`` (same architecture, untrained); ``data``: a list of input
+    batches both models take (the same inputs); sites are paired by relative depth for unit matching.
+    """
+
+    name: str
+    model_a: Any
+    model_b: Any
+    data: Sequence[Any]
+    sites_a: Sequence[str]
+    sites_b: Sequence[str]
+    baseline: Any = None
+    pool: PoolSpec = "mean"
+
+
+@dataclass
+class UniversalityStudyResult(Result):
+    """Per comparison: CKA matrices (trained, baseline) and matched-unit correlations; one tidy table."""
+
+    table: list[dict[str, Any]]
+    cka: dict[str, np.ndarray]
+    cka_baseline: dict[str, np.ndarray]
+    matches: dict[str, FeatureMatchResult]
+    sites: dict[str, tuple[list[str], list[str]]]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def plot(self) -> Any:
+        """One row per comparison: CKA heatmap (trained), CKA heatmap (baseline), matched correlations."""
+        import matplotlib.pyplot as plt
+
+        names = list(self.cka)
+        fig, axes = plt.subplots(len(names), 3, figsize=(13, 3.6 * len(names)), squeeze=False)
+        for r, name in enumerate(names):
+            sa, sb = self.sites[name]
+            for c, (M, what) in enumerate(((self.cka[name], "trained"), (self.cka_baseline.get(name), "baseline"))):
+                ax = axes[r, c]
+                if M is None:
+                    ax.axis("off")
+                    continue
+                im = ax.imshow(M, vmin=0, vmax=1, cmap="magma", aspect="auto")
+                ax.set_xticks(range(len(sb)), sb, rotation=90, fontsize=6)
+                ax.set_yticks(range(len(sa)), sa, fontsize=6)
+                ax.set_title(f"{name}: linear CKA ({what} B)", fontsize=9)
+                fig.colorbar(im, ax=ax, fraction=0.046)
+            self.matches[name].plot(ax=axes[r, 2], title=f"{name}: matched units")
+        fig.tight_layout()
+        return fig
+
+
+def universality_study(comparisons: Sequence[Comparison], method: Literal["hungarian", "max"] = "hungarian",
+                       ) -> UniversalityStudyResult:
+    """CKA (layer x layer) and matched-unit correlations for each comparison, each vs its random-init baseline.
+
+    Each model runs once over the comparison's data (features pooled by ``comparison.pool`` and kept in memory,
+    so keep the data to a few thousand inputs). Table columns: ``cka_depth`` (mean linear CKA over sites paired
+    by relative depth), ``cka_best`` (mean over A's sites of the best CKA with any site of B), their
+    ``*_baseline`` twins against the random-init B, ``matched_corr`` and ``matched_corr_baseline`` (mean
+    matched-unit correlation over the depth-paired sites).
+    """
+    table, ckas, bases, matches, sites = [], {}, {}, {}, {}
+    for c in comparisons:
+        data = list(c.data)
+        sa, sb = list(c.sites_a), list(c.sites_b)
+        pairs = depth_pairs(sa, sb)
+        xs, ys = collect_features(c.model_a, c.model_b, data, sa, sb, c.pool)
+        M = LinearCKAAccumulator().update(xs, ys).matrix()
+        fa, fb = dict(zip(sa, xs)), dict(zip(sb, ys))
+        corr = [match_units(fa[a], fb[b], method).correlations for a, b in pairs]
+        idx = [(sa.index(a), sb.index(b)) for a, b in pairs]
+        row = {"comparison": c.name, "rows": int(xs[0].shape[0]), "sites_a": len(sa), "sites_b": len(sb),
+               "cka_depth": float(np.mean([M[i, j] for i, j in idx])), "cka_best": float(M.max(1).mean()),
+               "matched_corr": float(np.mean([x.mean() for x in corr]))}
+        base_corr = None
+        if c.baseline is not None:
+            _, zs = collect_features(c.model_a, c.baseline, data, sa[:1], sb, c.pool)
+            B = LinearCKAAccumulator().update(xs, zs).matrix()
+            fz = dict(zip(sb, zs))
+            base_corr = [match_units(fa[a], fz[b], method).correlations for a, b in pairs]
+            row.update({"cka_depth_baseline": float(np.mean([B[i, j] for i, j in idx])),
+                        "cka_best_baseline": float(B.max(1).mean()),
+                        "matched_corr_baseline": float(np.mean([x.mean() for x in base_corr]))})
+            bases[c.name] = B
+        logger.info("universality %s: %s", c.name, row)
+        table.append(row)
+        ckas[c.name] = M
+        matches[c.name] = FeatureMatchResult(pairs, corr, base_corr, method, {"pool": c.pool})
+        sites[c.name] = (sa, sb)
+    return UniversalityStudyResult(table, ckas, bases, matches, sites, {"method": method})
+
+
+__all__ = ["Comparison", "FeatureMatchResult", "StitchResult", "StitchingLayer", "UnitMatch",
+           "UniversalityStudyResult", "depth_pairs", "match_features", "match_units", "stitch",
+           "unit_correlations", "universality_study"]
