@@ -1,0 +1,41 @@
+"""``interp demo --quick``: the end-to-end report on the embedded models, and its key findings."""
+
+import json
+
+from interp_core.cli import main
+from interp_core.demo import run_demo
+
+
+def test_demo_writes_a_report_whose_findings_hold(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    assert str(tmp_path / "report.html") in capsys.readouterr().out
+    results = json.loads((tmp_path / "results.json").read_text())
+    html = (tmp_path / "report.html").read_text()
+    assert len(list((tmp_path / "figures").glob("*.png"))) >= 8
+    assert html.count("<img") >= 8 and "data:image/png;base64," in html
+
+    def section(prefix):
+        return next(v for k, v in results.items() if k.startswith(prefix))
+
+    patching = section("Vision: where does the ViT decide")["numbers"]
+    assert patching["clean_metric"] > 0 > patching["corrupted_metric"]
+    assert patching["spearman_attribution_vs_exact"] > 0.3
+    shortcut = section("Vision: finding the planted shortcut")["numbers"]
+    assert shortcut["ig_mass_on_mark"] > 10 * 9 / 1024
+    assert shortcut["p_class0_corner_patched"] < 0.25 * shortcut["p_class0_marked"]
+    assert shortcut["mark_probe_accuracy"] > 0.95
+    lens = section("Vision: logit lens")["table"]
+    assert lens[-1]["accuracy"] > 0.95 and lens[0]["accuracy"] < lens[-1]["accuracy"]
+    universality = section("Universality")["table"]
+    assert all(r["cka_depth"] > r["cka_depth_baseline"] for r in universality)
+    causal = section("RL: does the agent use that memory?")["numbers"]
+    assert causal["probe"]["outcome_flip_rate"]["mean"] >= 0.8 >= 0.2 >= causal["random"]["outcome_flip_rate"]["mean"]
+    doorkey = section("RL: DoorKey")["table"]
+    assert all(r["verdict"].startswith("not evidence") for r in doorkey)
+    assert all(r["score"] > 0.98 for r in section("RL: CartPole")["table"])
+
+
+def test_a_missing_domain_is_reported_not_fatal(tmp_path):
+    run_demo(tmp_path, quick=True, domains=("no_such_domain.demo",))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "pip install" in results["no_such_domain.demo: not run"]["text"]
