@@ -96,6 +96,19 @@ def to_rows(t: torch.Tensor, axes: Sequence[str]) -> torch.Tensor:
     return moved.reshape(n, -1)
 
 
+def batch_pos_feature(t: torch.Tensor, axes: Sequence[str]) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``t`` as ``[batch, pos, d]`` (pos axes flattened row-major, head and feature axes into ``d``), and the
+    shape of the pos axes (``()`` for a site without positions, which gets ``pos = 1``)."""
+    axes = tuple(axes)
+    if len(axes) != t.dim() or "batch" not in axes:
+        raise ValueError(f"tensor of shape {tuple(t.shape)} does not match axes {axes} with a batch axis")
+    b = axes.index("batch")
+    p = _pos_dims(axes)
+    f = [i for i, a in enumerate(axes) if a in ("head", "feature")]
+    pos_shape = tuple(t.shape[i] for i in p)
+    return t.permute(b, *p, *f).reshape(t.shape[b], math.prod(pos_shape), -1), pos_shape
+
+
 def feature_last(t: torch.Tensor, axes: Sequence[str]) -> tuple[torch.Tensor, callable]:
     """View ``t`` with its head and feature axes flattened into one last dimension ``d``.
 

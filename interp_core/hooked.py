@@ -129,12 +129,15 @@ class HookedModel:
     def evaluating(self) -> Iterator["HookedModel"]:
         """Eval mode for the block; afterwards every module's ``training`` flag is as it was."""
         flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
+        changed = any(f for _, f in flags)  # a model already in eval mode needs nothing (patching calls this a lot)
+        if changed:
+            self.model.eval()
         try:
             yield self
         finally:
-            for m, f in flags:
-                m.training = f
+            if changed:
+                for m, f in flags:
+                    m.training = f
 
     # ------------------------------------------------------------------ sites
     @property
@@ -233,6 +236,7 @@ class HookedModel:
         self._table = SiteTable(sites, reused, idle)
         # (start, end) of every module that ran exactly once: what finished before a site can be reused
         self._span = {p: (e[0], e[1]) for p, e in events.items() if len(e) == 2 and p}
+        self._completed_memo = {}
         self._traced = True
         return self._table
 
@@ -247,9 +251,13 @@ class HookedModel:
         span = getattr(self, "_span", {})
         if s.module_path not in span:
             return []
-        start = span[s.module_path][0]
-        done = [p for p, (_, end) in span.items() if end < start and not s.module_path.startswith(p + ".")]
-        return [p for p in done if not any(p.startswith(q + ".") for q in done)]
+        memo = self.__dict__.setdefault("_completed_memo", {})  # reset whenever the trace is redone
+        key = s.module_path
+        if key not in memo:
+            start = span[s.module_path][0]
+            done = [p for p, (_, end) in span.items() if end < start and not s.module_path.startswith(p + ".")]
+            memo[key] = [p for p in done if not any(p.startswith(q + ".") for q in done)]
+        return list(memo[key])
 
     def _complete(self, s: Site, shape: torch.Size | None, module_path: str | None) -> Site:
         if shape is None:

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from interp_core.axes import batch_pos_feature
+
 __all__ = ["Exemplars", "top_exemplars", "cell_boxes", "receptive_boxes"]
 
 
@@ -182,7 +184,7 @@ def receptive_boxes(hm: Any, site: str, example: torch.Tensor, positions: Iterab
             ps = wanted[start:start + chunk]
             x = x0.repeat(len(ps), *([1] * example.dim())).requires_grad_(True)
             _, cache = hm.run_with_cache(x, sites=[site], grad=True)
-            t, _ = _bpd(cache[site], cache.axes(site))
+            t, _ = batch_pos_feature(cache[site], cache.axes(site))
             rows = torch.arange(x.shape[0])
             cols = torch.tensor(ps).repeat_interleave(n_samples)
             (g,) = torch.autograd.grad(t[rows, cols].sum(), x)
@@ -198,17 +200,6 @@ def receptive_boxes(hm: Any, site: str, example: torch.Tensor, positions: Iterab
 
 
 # ------------------------------------------------------------------------------------------------ main
-def _bpd(t: torch.Tensor, axes: Sequence[str]) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """``t`` as ``[batch, pos, d]`` (pos axes flattened row-major; head+feature axes into d) + pos shape."""
-    axes = tuple(axes)
-    b = [i for i, a in enumerate(axes) if a == "batch"]
-    p = [i for i, a in enumerate(axes) if a == "pos"]
-    f = [i for i, a in enumerate(axes) if a in ("head", "feature")]
-    moved = t.permute(*b, *p, *f)
-    pos_shape = tuple(t.shape[i] for i in p)
-    return moved.reshape(t.shape[b[0]], math.prod(pos_shape), -1), pos_shape
-
-
 def _loader(data: Any, batch_size: int) -> DataLoader | Iterable:
     if isinstance(data, DataLoader):
         if isinstance(data.sampler, RandomSampler):
@@ -288,7 +279,7 @@ def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int
             if example is None:
                 example = x[0].detach().clone()
             _, cache = hm.run_with_cache(x, sites=[site])
-            t, pos_shape = _bpd(cache[site], cache.axes(site))  # [B, P, d]
+            t, pos_shape = batch_pos_feature(cache[site], cache.axes(site))  # [B, P, d]
             site_obj = cache.site(site)
             b, n_pos, d = t.shape
             if features is not None:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interp_core.axes import flat_position
+from interp_core.axes import batch_pos_feature, flat_position
 from interp_core.cache import ActivationCache
 
 __all__ = [
@@ -48,17 +48,6 @@ ActFn = Callable[[ActivationCache], torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------------- objectives
-def _bpd(t: torch.Tensor, axes: Sequence[str]) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """``t`` as ``[batch, pos, d]`` (pos axes flattened row-major, head+feature axes into d) + the pos shape."""
-    axes = tuple(axes)
-    b = [i for i, a in enumerate(axes) if a == "batch"]
-    p = [i for i, a in enumerate(axes) if a == "pos"]
-    f = [i for i, a in enumerate(axes) if a in ("head", "feature")]
-    moved = t.permute(*b, *p, *f)
-    pos_shape = tuple(t.shape[i] for i in p)
-    return moved.reshape(t.shape[b[0]], math.prod(pos_shape), -1), pos_shape
-
-
 class Objective:
     """A differentiable function of site activations → one value per image ``[batch]`` (to maximise).
 
@@ -133,7 +122,7 @@ def _check_feature(site: str, d: int, index: int, what: str = "channel") -> None
 def channel(site: str, c: int) -> Objective:
     """Mean over all positions of feature (channel) ``c`` at ``site``: ``mean_p a[b, p, c]``."""
     def fn(acts: ActivationCache) -> torch.Tensor:
-        t, _ = _bpd(acts[site], acts.axes(site))
+        t, _ = batch_pos_feature(acts[site], acts.axes(site))
         _check_feature(site, t.shape[-1], c)
         return t[:, :, c].mean(1)
     return Objective(fn, [site], f"channel({site}, {c})")
@@ -146,7 +135,7 @@ def neuron(site: str, c: int, pos: int | str | Sequence[int] | None = None) -> O
     (``"cls"``); default: the centre position (lucent's ``neuron``).
     """
     def fn(acts: ActivationCache) -> torch.Tensor:
-        t, pos_shape = _bpd(acts[site], acts.axes(site))
+        t, pos_shape = batch_pos_feature(acts[site], acts.axes(site))
         _check_feature(site, t.shape[-1], c)
         if pos is None:
             p = flat_position(tuple(s // 2 for s in pos_shape), pos_shape) if pos_shape else 0
@@ -170,7 +159,7 @@ def direction(site: str, vec: torch.Tensor | np.ndarray | Sequence[float], cosin
     v = v / v.norm()
 
     def fn(acts: ActivationCache) -> torch.Tensor:
-        t, pos_shape = _bpd(acts[site], acts.axes(site))
+        t, pos_shape = batch_pos_feature(acts[site], acts.axes(site))
         if t.shape[-1] != v.numel():
             raise ValueError(f"direction has {v.numel()} entries but site '{site}' has {t.shape[-1]} features")
         if pos is not None:
@@ -187,7 +176,7 @@ def feature(site: str, features_fn: Callable[[torch.Tensor], torch.Tensor], inde
             name: str = "feature") -> Objective:
     """Mean over positions of ``features_fn(rows)[:, index]`` — e.g. an SAE's encoder on ``[N, d]`` rows."""
     def fn(acts: ActivationCache) -> torch.Tensor:
-        t, _ = _bpd(acts[site], acts.axes(site))
+        t, _ = batch_pos_feature(acts[site], acts.axes(site))
         b, p, d = t.shape
         f = features_fn(t.reshape(b * p, d))
         return f[:, index].reshape(b, p).mean(1)
