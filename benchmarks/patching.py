@@ -2,7 +2,8 @@
 
 Sweeps (CPU, one thread, one clean/corrupted pair, every layer x every unit):
 
-- the tiny digits ViT of ``vision.zoo`` (``digits-vit``): every block output x every token;
+- the tiny digits ViT of ``vision.zoo`` (``digits-vit``): the residual stream at every layer (``blocks.{i}.resid_pre``
+  and the last ``resid_post``) x every token;
 - the CartPole policy MLP of ``rl.zoo`` (``cartpole-ppo``): every hidden layer x every unit;
 - timm ``vit_tiny_patch16_224`` at random init (12 blocks x 197 tokens).
 
@@ -59,6 +60,7 @@ def loop(hm, clean, corrupted, sites, metric, units_per_site=None):
 
 def nnsight_loop(model, clean, corrupted, paths, units_per_site=None):
     try:
+        import nnsight
         from nnsight import NNsight
     except ImportError:
         return None
@@ -71,8 +73,9 @@ def nnsight_loop(model, clean, corrupted, paths, units_per_site=None):
         envoys.append(e)
     with torch.no_grad():
         with nm.trace(clean):
-            clean_acts = [e.output.save() for e in envoys]
-        clean_acts = list(clean_acts)
+            clean_acts = nnsight.save([])  # nnsight >= 0.5: a saved container, filled inside the trace
+            for e in envoys:
+                clean_acts.append(e.output)
     n = 0
     with torch.no_grad():
         for e, act in zip(envoys, clean_acts):
@@ -132,20 +135,17 @@ def main() -> None:
 
     import rl.zoo
     import vision.zoo
-    from vision.data import digits
 
     results = {"machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1},
                "sweeps": []}
-    vit = vision.zoo.load("digits-vit", hooked=False)
-    X, y = digits("test").tensors() if hasattr(digits("test"), "tensors") else _digits_tensors()
-    clean, corrupted = X[:1], X[(y != y[0]).nonzero()[0, 0]][None]
-    hm = HookedModel(vit)
-    sites = [n for n in hm.sites.names if n.count(".") == 1 and n.startswith("blocks.")]
+    hm = vision.zoo.load("digits-vit")  # the vision adapter's canonical residual-stream sites
+    X, y = vision.zoo.test_data("digits-vit")
+    j = int((y != y[0]).nonzero()[0, 0])
+    clean, corrupted = X[:1], X[j][None]
+    sites = [f"blocks.{i}.resid_pre" for i in range(3)] + ["blocks.2.resid_post"]  # every layer of the stream
     results["sweeps"].append(bench("vision.zoo:digits-vit", hm, clean, corrupted, sites,
-                                   logit_diff(int(y[0]), int(y[(y != y[0]).nonzero()[0, 0]])), args.reps,
-                                   with_nnsight=have_nnsight))
-    agent = rl.zoo.load("cartpole-ppo")
-    hp = agent.hooked if hasattr(agent, "hooked") else agent
+                                   logit_diff(int(y[0]), int(y[j])), args.reps, with_nnsight=False))
+    hp = rl.zoo.load("cartpole-ppo")  # an rl Agent is a HookedModel
     obs = torch.tensor([[0.0, 0.1, 0.02, -0.1], [0.1, -0.3, -0.05, 0.2]])
     psites = [n for n in hp.sites.names if n.startswith(("policy.", "value.")) and hp.sites[n].axes]
     results["sweeps"].append(bench("rl.zoo:cartpole-ppo", hp, obs[:1], obs[1:], psites, logit_diff(0, 1),
@@ -161,14 +161,6 @@ def main() -> None:
     (RESULTS / "patching.json").write_text(json.dumps(results, indent=1))
     for r in results["sweeps"]:
         print(r["model"], {k: round(v, 1) for k, v in r["speedup_vs_loop"].items()})
-
-
-def _digits_tensors():
-    from vision.data import digits
-
-    ds = digits("test")
-    xs, ys = zip(*[ds[i] for i in range(len(ds))])
-    return torch.stack(xs), torch.tensor(ys)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,12 @@ def cnn():
 @pytest.fixture
 def policy():
     return make_policy()
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures a test made are closed after it (``.plot()`` returns open figures, as matplotlib does)."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")

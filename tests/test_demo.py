@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from interp_core.cli import main
 from interp_core.demo import run_demo
 
 
+@pytest.mark.slow
 def test_demo_writes_a_report_whose_findings_hold(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     assert str(tmp_path / "report.html") in capsys.readouterr().out
