@@ -52,13 +52,16 @@ class Report:
         folder = Path(folder)
         (folder / "figures").mkdir(parents=True, exist_ok=True)
         parts = [f"<h1>{html.escape(self.title)}</h1>"]
+        written = set()
         for i, s in enumerate(self.sections):
             parts.append(f"<h2>{html.escape(s.title)}</h2>")
             if s.text:
                 parts.append("".join(f"<p>{html.escape(p)}</p>" for p in s.text.split("\n\n")))
             if s.figure_png is not None:
                 slug = re.sub(r"[^a-z0-9]+", "-", s.title.lower()).strip("-")[:60] or f"figure-{i}"
-                (folder / "figures" / f"{i:02d}-{slug}.png").write_bytes(s.figure_png)
+                name = f"{i:02d}-{slug}.png"
+                (folder / "figures" / name).write_bytes(s.figure_png)
+                written.add(name)
                 b64 = base64.b64encode(s.figure_png).decode()
                 parts.append(f'<img alt="{html.escape(s.title)}" src="data:image/png;base64,{b64}">')
             if s.table:
@@ -72,6 +75,9 @@ class Report:
                  "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}")
         doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+        for old in (folder / "figures").glob("*.png"):  # figures of an earlier report in the same folder
+            if old.name not in written:
+                old.unlink()
         out = folder / "report.html"
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(doc)

@@ -14,8 +14,8 @@ def test_demo_writes_a_report_whose_findings_hold(tmp_path, capsys):
     assert str(tmp_path / "report.html") in capsys.readouterr().out
     results = json.loads((tmp_path / "results.json").read_text())
     html = (tmp_path / "report.html").read_text()
-    assert len(list((tmp_path / "figures").glob("*.png"))) >= 8
-    assert html.count("<img") >= 8 and "data:image/png;base64," in html
+    assert len(list((tmp_path / "figures").glob("*.png"))) >= 10
+    assert html.count("<img") >= 10 and "data:image/png;base64," in html
 
     def section(prefix):
         return next(v for k, v in results.items() if k.startswith(prefix))
@@ -27,6 +27,12 @@ def test_demo_writes_a_report_whose_findings_hold(tmp_path, capsys):
     assert shortcut["ig_mass_on_mark"] > 10 * 9 / 1024
     assert shortcut["p_class0_corner_patched"] < 0.25 * shortcut["p_class0_marked"]
     assert shortcut["mark_probe_accuracy"] > 0.95
+    feature = section("Vision: the mark as a feature")["numbers"]
+    assert feature["top_cells_from_marked_images"] >= 0.9  # chance ~0.5
+    steer = [row["mean"] for row in feature["steering"]]
+    assert steer[-1] > steer[0] + 0.2 and steer == sorted(steer)
+    featvis = section("Vision: what each digit looks like")["numbers"]
+    assert featvis["classified_as_target"] == featvis["classes"]
     lens = section("Vision: logit lens")["table"]
     assert lens[-1]["accuracy"] > 0.95 and lens[0]["accuracy"] < lens[-1]["accuracy"]
     universality = section("Universality")["table"]

@@ -9,7 +9,10 @@
    control-task selectivity of Hewitt & Liang;
 4. shortcut finding on ``shapes-cnn-shortcut``: integrated-gradient mass on the planted corner mark,
    patching the corner cells from the no-mark twin, and a probe for the mark;
-5. universality: linear CKA between digits CNN and ViT seeds, each against a random-init twin.
+5. features of the shortcut model: the channel the mark drives most, its top exemplars on data where the
+   mark is uninformative, and steering along the mark direction (difference of means between twins);
+6. feature visualisation: an input optimised for each class logit of the digits CNN;
+7. universality: linear CKA between digits CNN and ViT seeds, each against a random-init twin.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import torch
 from interp_core import metrics
 from interp_core.patching import attribution_patching, patch_sweep
 from interp_core.probes import probe_sites
+from interp_core.steering import diff_means, steering_sweep
 
-from . import zoo
+from . import featvis, zoo
 from .attribution import attribution_map, spearman
-from .data import shapes
+from .data import DIGITS_MEAN, DIGITS_STD, shapes
+from .exemplars import top_exemplars
 from .logit_lens import logit_lens
 
 
@@ -111,6 +116,48 @@ def add_to_report(report: Any, quick: bool = False) -> None:
         figure=ig.plot(n=4), numbers={"ig_mass_on_mark": share, "p_class0_marked": float(p_on),
                                       "p_class0_corner_patched": float(p_patched.mean()),
                                       "mark_probe_accuracy": mark_acc})
+
+    site = "layer2.0"
+    _, c_on = cnn.run_with_cache(x_on, sites=[site])
+    unit = int((c_on[site] - src[site]).mean(0).flatten(1).amax(1).argmax())  # the channel the mark drives most
+    fresh = shapes(n=n_shapes, seed=9, shortcut=0.5)
+    ex = top_exemplars(cnn, fresh, site, channels=[unit], k=8, by="cell", box="receptive")
+    marked_share = float(fresh.factors()["mark"][ex.indices[0]].float().mean())
+    v = diff_means(cnn, x_on, x_off, site)
+    steer = steering_sweep(cnn, x_off[other], site, v, [0.0, 0.25, 0.5, 0.75, 1.0],
+                           metric=lambda out: out.softmax(-1)[:, 0])
+    report.add(f"Vision: the mark as a feature (channel {unit} of {site})", text=(
+        f"The channel of {site} that the mark drives most, found on twins with and without it; on fresh shapes "
+        f"where the mark is uninformative, {marked_share:.0%} of its top-8 cells come from marked images, "
+        f"boxed by their receptive field (chance: about half). Adding the mean difference between marked "
+        f"and unmarked twins at {site} to unmarked circles and triangles moves P(class 0) from "
+        f"{steer.mean[0]:.2f} to {steer.mean[-1]:.2f} (the real mark: {float(p_on):.2f}): the direction is the "
+        "model's reading of the mark."),
+        figure=ex.plot(dataset=fresh), table=[{"alpha": float(a), "P(class 0)": float(m)}
+                                              for a, m in zip(steer.alphas, steer.mean)],
+        numbers={"unit": unit, "top_cells_from_marked_images": marked_share, "steering": steer.table})
+
+    digits_cnn = zoo.load("digits-cnn")
+    norm = featvis.normalizer(DIGITS_MEAN, DIGITS_STD)
+    classes = range(4) if quick else range(10)
+    images, hits = [], 0
+    for c in classes:
+        vis = featvis.visualize(digits_cnn, featvis.channel("logits", c), steps=100,
+                                image_shape=(1, 8, 8), seed=0, lr=0.05, preprocess=norm)
+        images.append(vis.image[0, 0])
+        with torch.no_grad():
+            hits += int(digits_cnn(norm(vis.image)).argmax(-1)[0]) == c
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(images), figsize=(1.3 * len(images), 1.6))
+    for c, (ax, im) in enumerate(zip(axes, images)):
+        ax.imshow(im.numpy(), cmap="gray")
+        ax.set_title(str(c), fontsize=9)
+        ax.axis("off")
+    report.add("Vision: what each digit looks like to the CNN (feature visualisation)", text=(
+        "Inputs optimised (Fourier parameterisation, jitter/scale/rotate robustness, Adam) to maximise each "
+        f"class logit of the digits CNN; {hits} of {len(images)} are classified as their class."),
+        figure=fig, numbers={"classified_as_target": hits, "classes": len(images)})
 
     from interp_core.universality import Comparison, universality_study
 
