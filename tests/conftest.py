@@ -51,6 +51,15 @@ def make_policy(seed: int = 0, obs: int = 6, actions: int = 3) -> nn.Module:
     return m.eval()
 
 
+def make_vit(seed: int = 0, **kwargs) -> nn.Module:
+    """A real timm VisionTransformer at a tiny size (16x16 RGB images, 4x4 patches: CLS + 16 tokens)."""
+    import timm
+
+    torch.manual_seed(seed)
+    config = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3) | kwargs
+    return timm.models.VisionTransformer(**config).eval()
+
+
 @pytest.fixture
 def cnn():
     return make_cnn()

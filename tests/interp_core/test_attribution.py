@@ -19,7 +19,7 @@ from torch import nn
 from interp_core import HookedModel
 from interp_core.attribution import AttributionResult, attribute
 
-from ..conftest import make_policy
+from ..conftest import make_policy, make_vit
 
 ATOL, RTOL = 1e-6, 1e-5
 
@@ -32,13 +32,6 @@ def small_cnn():
                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 4)).eval()
 
 
-def tiny_vit():
-    import timm
-    torch.manual_seed(0)
-    return timm.models.vision_transformer.VisionTransformer(
-        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3).eval()
-
-
 def case(kind):
     """(model, inputs, targets, layer site, its module) for each of the three model kinds."""
     g = torch.Generator().manual_seed(3)
@@ -46,7 +39,7 @@ def case(kind):
         m = small_cnn()
         return m, torch.randn(7, 3, 8, 8, generator=g), torch.tensor([0, 1, 2, 3, 0, 1, 2]), "2", m[2]
     if kind == "vit":
-        m = tiny_vit()
+        m = make_vit()
         return m, torch.randn(7, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 0, 1, 2, 0]), "blocks.0", m.blocks[0]
     m = make_policy()
     return m, torch.randn(7, 6, generator=g), torch.tensor([0, 1, 2, 0, 1, 2, 1]), "2", m[2]

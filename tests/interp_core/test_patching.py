@@ -2,7 +2,6 @@
 on a CNN, a ViT and a policy network."""
 
 import pytest
-import timm
 import torch
 from torch import nn
 
@@ -10,7 +9,7 @@ from interp_core import HookedModel, Site
 from interp_core.metrics import logit, logit_diff
 from interp_core.patching import ablation_sweep, attribution_patching, patch_sweep, path_patching
 
-from ..conftest import make_cnn, make_policy
+from ..conftest import make_cnn, make_policy, make_vit
 
 
 class AndCircuit(nn.Module):
@@ -52,9 +51,7 @@ def test_and_circuit_exact_and_attribution_recover_known_effects():
 
 
 def tiny_vit():
-    torch.manual_seed(0)
-    return timm.models.VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=32,
-                                         depth=3, num_heads=2, mlp_ratio=2.0).eval()
+    return make_vit(in_chans=1, num_classes=10, depth=3, mlp_ratio=2.0)
 
 
 CASES = {

@@ -20,7 +20,7 @@ from interp_core.probes import (
     train_test_split_by_group,
 )
 
-from ..conftest import make_cnn, make_policy
+from ..conftest import make_cnn, make_policy, make_vit
 
 
 def planted_logistic(n=4000, d=20, classes=2, seed=0, scale=3.0, anisotropic=True):
@@ -328,19 +328,12 @@ def test_fit_stream_from_store(tmp_path):
 
 
 # ------------------------------------------------------------------ sweeps on the three model kinds
-def tiny_vit():
-    import timm
-    torch.manual_seed(0)
-    return timm.models.vision_transformer.VisionTransformer(
-        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3).eval()
-
-
 def _sweep_case(kind):
     g = torch.Generator().manual_seed(0)
     if kind == "cnn":
         model, x, sites = make_cnn(), torch.randn(400, 3, 8, 8, generator=g), ["stem", "block", "head"]
     elif kind == "vit":
-        model, x, sites = tiny_vit(), torch.randn(400, 3, 16, 16, generator=g), ["blocks.0", "blocks.1", "head"]
+        model, x, sites = make_vit(), torch.randn(400, 3, 16, 16, generator=g), ["blocks.0", "blocks.1", "head"]
     else:
         model, x, sites = make_policy(), torch.randn(400, 6, generator=g), ["0", "2", "4"]
     with torch.no_grad():

@@ -9,14 +9,7 @@ from interp_core import HookedModel
 from interp_core.probes import LinearProbe
 from interp_core.steering import SteeringResult, diff_means, mean_features, probe_direction, steering_sweep
 
-from ..conftest import make_cnn, make_policy
-
-
-def tiny_vit():
-    import timm
-    torch.manual_seed(0)
-    return timm.models.vision_transformer.VisionTransformer(
-        img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=3).eval()
+from ..conftest import make_cnn, make_policy, make_vit
 
 
 def test_diff_means_of_linear_site_is_weight_times_input_shift():
@@ -37,7 +30,7 @@ def test_diff_means_pooling_matches_cache(kind):
     if kind == "cnn":
         model, site, shape, pool = make_cnn(), "block", (3, 8, 8), "mean"
     else:
-        model, site, shape, pool = tiny_vit(), "blocks.1", (3, 16, 16), 0  # the CLS token
+        model, site, shape, pool = make_vit(), "blocks.1", (3, 16, 16), 0  # the CLS token
     hm = HookedModel(model)
     xa, xb = torch.randn(20, *shape, generator=g), torch.randn(30, *shape, generator=g) * 2
     v = diff_means(hm, xa, xb, site=site, pool=pool, batch_size=7)
