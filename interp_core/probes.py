@@ -354,6 +354,14 @@ class _Probe:
         if not hasattr(self, "n_features_in_"):
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
 
+    def _fitted_features(self, X: ArrayLike) -> torch.Tensor:
+        """``X`` as features of the width this probe was fitted on (clear errors otherwise)."""
+        self._check_fitted()
+        X = _as_features(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features but the probe was fitted on {self.n_features_in_}")
+        return X
+
     @property
     def is_classifier(self) -> bool:
         raise NotImplementedError
@@ -751,10 +759,7 @@ class LinearProbe(_Probe):
     # ---- prediction
     def decision_function(self, X: ArrayLike) -> torch.Tensor:
         """``X @ coef_.T + intercept_``: ``[N, n_outputs]`` (binary: ``[N]``, positive = ``classes_[1]``)."""
-        self._check_fitted()
-        X = _as_features(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features but the probe was fitted on {self.n_features_in_}")
+        X = self._fitted_features(X)
         out = X.double() @ self.coef_.T + self.intercept_
         if self.is_classifier and out.shape[1] == 1:
             return out[:, 0]
@@ -995,10 +1000,7 @@ class MLPProbe(_Probe):
         return self
 
     def _forward(self, X: ArrayLike) -> torch.Tensor:
-        self._check_fitted()
-        X = _as_features(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features but the probe was fitted on {self.n_features_in_}")
+        X = self._fitted_features(X)
         with torch.no_grad():
             return self.net_((X.float() - self.mean_.float()) / self.scale_.float())
 
