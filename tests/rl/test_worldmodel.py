@@ -86,6 +86,13 @@ def test_verdict_rules():
     assert v(0.99, 0.5, 0.97, 0.5, 0.0, 0.05) == wm.VERDICT_TWIN
     assert v(0.99, 0.5, 0.6, 0.5, 0.0, 0.05) == wm.VERDICT_EVIDENCE
     assert v(1.0, 1.0, 1.0, 1.0, 0.0, 0.05, constant=True) == wm.VERDICT_CONSTANT
+    # differences that are findings on 1,000 held-out rows are binomial noise on 30
+    wide, narrow = wm._margin(0.05, "classification", 30), wm._margin(0.05, "classification", 1000)
+    assert narrow == 0.05 and wm._margin(0.05, "regression", 30) == 0.05 and wide > 0.18
+    assert v(0.66, 0.48, 0.5, 0.5, 0.0, narrow) == wm.VERDICT_EVIDENCE
+    assert v(0.66, 0.48, 0.5, 0.5, 0.0, wide) == wm.VERDICT_CHANCE
+    assert v(0.80, 0.65, 0.5, 0.5, 0.0, narrow) == wm.VERDICT_EVIDENCE
+    assert v(0.80, 0.65, 0.5, 0.5, 0.0, wide) == wm.VERDICT_OBS
 
 
 def test_noisy_tmaze_twin_reported_by_corridor_step_and_control_is_selective():
