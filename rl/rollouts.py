@@ -111,6 +111,18 @@ class Rollout:
         out = np.where(idx >= 0, vals[np.maximum(idx, 0)], vals)
         return out, idx >= 0
 
+    def remembered(self, name: str) -> np.ndarray:
+        """``[N]`` bool: rows where variable ``name`` was visible at an earlier step of the same episode and is
+        not visible now — the rows on which decoding it needs memory (e.g. ``when=lambda ro:
+        ro.remembered("cue")`` in :func:`rl.worldmodel.probe`)."""
+        visible = np.asarray(self.visible[name], dtype=bool)
+        seen = np.zeros(len(self), dtype=bool)
+        for e in self.episode_ids:
+            idx = np.flatnonzero(self.episode == e)
+            idx = idx[np.argsort(self.step[idx], kind="stable")]
+            seen[idx] = np.maximum.accumulate(visible[idx])
+        return seen & ~visible
+
     def episode_returns(self) -> dict[int, float]:
         """Total reward per episode id (complete episodes only)."""
         done = self.episode_complete

@@ -70,6 +70,20 @@ def test_future_labels_and_summary(tmp_path):
     assert np.load(path)["world/agent_x"].shape == (len(ro),)
 
 
+def test_remembered_rows_follow_visibility_per_episode():
+    # T-maze: the cue is in view at position 0 only, so it is "remembered" on every later row; with 4 envs the
+    # episodes' rows interleave, which the per-episode order must undo
+    ro = rl.collect(rl.zoo.load("tmaze-recurrent"), episodes=12, seed=2, n_envs=4)
+    assert ro.visible["cue"].any()
+    np.testing.assert_array_equal(ro.remembered("cue"), ro.world["position"] >= 1)
+    # DoorKey: a row is remembered exactly when the key is out of view now but was in view at an earlier step
+    ro = rl.collect(rl.zoo.load("doorkey-ppo"), episodes=4, seed=0)
+    want = [not ro.visible["key_x"][i] and any(ro.visible["key_x"][(ro.episode == ro.episode[i])
+                                                                     & (ro.step < ro.step[i])])
+            for i in range(len(ro))]
+    np.testing.assert_array_equal(ro.remembered("key_x"), want)
+
+
 def test_errors():
     agent = rl.zoo.load("cartpole-ppo")
     with pytest.raises(ValueError, match="exactly one"):
