@@ -9,8 +9,9 @@ variables (``info["world"]``) and whether the current observation shows each one
 >>> info["world"]["dist_to_goal"], info["world_visible"]["dist_to_goal"]
 
 Supported ids: ``CartPole-v1`` (:class:`CartPoleWorld`), any MiniGrid id such as ``MiniGrid-Empty-5x5-v0``,
-``MiniGrid-DoorKey-5x5-v0``, ``MiniGrid-DoorKey-8x8-v0`` (:class:`MiniGridWorld`, image observation via
-``ImgObsWrapper``), and ``TMaze-v0`` (:class:`TMazeEnv` + :class:`TMazeWorld`).
+``MiniGrid-DoorKey-5x5-v0``, ``MiniGrid-DoorKey-8x8-v0``, ``MiniGrid-MemoryS7-v0`` (:class:`MiniGridWorld`,
+image observation via ``ImgObsWrapper``; the Memory envs record the cue and the matching side instead of a
+goal), and ``TMaze-v0`` (:class:`TMazeEnv` + :class:`TMazeWorld`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ __all__ = ["Variable", "WorldWrapper", "find_world_wrapper", "CartPoleWorld", "M
            "TMazeWorld", "bfs_distance", "visible_cells", "make", "ENV_IDS"]
 
 ENV_IDS = ("CartPole-v1", "MiniGrid-Empty-5x5-v0", "MiniGrid-DoorKey-5x5-v0", "MiniGrid-DoorKey-8x8-v0",
-           "TMaze-v0")
+           "MiniGrid-MemoryS7-v0", "TMaze-v0")
 
 
 def make(env_id: str, image_only: bool = True, **kwargs: Any) -> WorldWrapper:

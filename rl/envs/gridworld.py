@@ -1,6 +1,8 @@
 """MiniGrid envs with their true world state and per-variable visibility.
 
-Variables (those that exist in the env; ``DoorKey`` has all of them, ``Empty`` has no key or door):
+Variables (those that exist in the env; ``DoorKey`` has all of them, ``Empty`` has no key or door,
+``Memory`` has no goal cell and records the memory-task variables of the second table instead of the goal
+ones):
 
 ============== =========== ===============================================================================
 name           kind        meaning; visible in the current observation when ...
@@ -23,6 +25,20 @@ door_open      categorical 0 closed, 1 open; ... the door cell is visible
 door_locked    categorical 0 unlocked, 1 locked; ... the door cell is visible
 ============== =========== ===============================================================================
 
+The ``Memory`` envs (``MiniGrid-MemoryS7-v0`` ...: a cue object in the start room, a hallway, then a split
+with a key and a ball at its two ends; reaching the end object of the cue's type gives the reward) record,
+besides the agent pose:
+
+============== =========== ===============================================================================
+name           kind        meaning; visible in the current observation when ...
+============== =========== ===============================================================================
+cue            categorical 0 key, 1 ball: the type of the start-room object, the thing to remember; ... the
+                           cue's cell is visible
+match_side     categorical 0 up, 1 down: which end of the split holds the object matching the cue (the
+                           side to go to); ... the cue's cell and at least one end object's cell are
+                           visible together (one end object fixes the other: they are a key and a ball)
+============== =========== ===============================================================================
+
 A cell is visible when it lies in the agent's egocentric ``agent_view_size`` x ``agent_view_size`` view and
 MiniGrid's occlusion mask (``Grid.process_vis`` in ``gen_obs_grid``) marks it seen; cells outside the grid are
 never visible. Visibility is a rule about what the observation *shows*; whether a probe can *decode* the
@@ -41,6 +57,8 @@ from .base import Variable, WorldWrapper
 
 _DIRS = ("right", "down", "left", "up")
 _BLOCKING = ("wall", "lava")
+_CUES = ("key", "ball")
+_SIDES = ("up", "down")
 
 
 def bfs_distance(passable: np.ndarray, start: tuple[int, int], goal: tuple[int, int]) -> int:
@@ -100,6 +118,9 @@ class MiniGridWorld(WorldWrapper):
         env: a (wrapped) MiniGrid env.
         objects: which object variables to record among ``"key"`` and ``"door"``; by default from the env
             class (``DoorKeyEnv`` has both, other envs have none unless given).
+
+    A ``MemoryEnv`` (no goal cell) records the agent pose and ``cue`` / ``match_side`` instead of the goal
+    variables.
     """
 
     def __init__(self, env: gym.Env, objects: tuple[str, ...] | None = None):
@@ -113,14 +134,24 @@ class MiniGridWorld(WorldWrapper):
         if unknown:
             raise ValueError(f"objects must be among ('key', 'door'), got {sorted(unknown)}")
         self.objects = tuple(objects)
+        self.memory_task = type(u).__name__ == "MemoryEnv"
         variables = [
             Variable("agent_x", "ordinal", "agent column (cells)"),
             Variable("agent_y", "ordinal", "agent row (cells)"),
             Variable("agent_dir", "categorical", "agent direction", _DIRS),
-            Variable("goal_x", "ordinal", "goal column (cells)"),
-            Variable("goal_y", "ordinal", "goal row (cells)"),
-            Variable("dist_to_goal", "ordinal", "BFS shortest-path length to the goal (moves)"),
         ]
+        if self.memory_task:
+            variables += [
+                Variable("cue", "categorical", "type of the start-room object (the thing to remember)", _CUES),
+                Variable("match_side", "categorical", "end of the split holding the object matching the cue",
+                         _SIDES),
+            ]
+        else:
+            variables += [
+                Variable("goal_x", "ordinal", "goal column (cells)"),
+                Variable("goal_y", "ordinal", "goal row (cells)"),
+                Variable("dist_to_goal", "ordinal", "BFS shortest-path length to the goal (moves)"),
+            ]
         if "key" in self.objects:
             variables += [
                 Variable("carrying_key", "categorical", "agent carries the key", ("no", "yes")),
@@ -158,6 +189,9 @@ class MiniGridWorld(WorldWrapper):
             "agent_y": bool(seen[:, 0].any() or seen[:, u.height - 1].any()),
             "agent_dir": self._obs_has_direction,
         }
+        if self.memory_task:
+            self._memory_world(seen, values, visible)
+            return values, visible
         goal, _ = self._find("goal")
         if goal is None:
             raise RuntimeError(f"{type(u).__name__} has no goal cell; MiniGridWorld needs one for goal_x/_y "
@@ -199,3 +233,22 @@ class MiniGridWorld(WorldWrapper):
             for k in ("door_x", "door_y", "door_open", "door_locked"):
                 visible[k] = bool(seen[pos])
         return values, visible
+
+    def _memory_world(self, seen: np.ndarray, values: dict[str, Any], visible: dict[str, bool]) -> None:
+        """``cue`` and ``match_side`` of a ``MemoryEnv`` (layout of ``MemoryEnv._gen_grid``: cue at
+        ``(1, h // 2 - 1)``, end objects beside the success / failure cells of the split)."""
+        u = self.env.unwrapped
+        cue_pos = (1, u.height // 2 - 1)
+        cue = u.grid.get(*cue_pos)
+        if cue is None or cue.type not in _CUES:
+            raise RuntimeError(f"no cue object at {cue_pos} of the {type(u).__name__} grid")
+        sx, sy = (int(c) for c in u.success_pos)
+        fx, fy = (int(c) for c in u.failure_pos)
+        up = sy < fy
+        # the end objects sit one cell beyond the success / failure cells, away from the split's centre
+        match_pos = (sx, sy - 1) if up else (sx, sy + 1)
+        other_pos = (fx, fy + 1) if up else (fx, fy - 1)
+        values["cue"] = _CUES.index(cue.type)
+        values["match_side"] = 0 if up else 1
+        visible["cue"] = bool(seen[cue_pos])
+        visible["match_side"] = visible["cue"] and bool(seen[match_pos] or seen[other_pos])
