@@ -1,7 +1,9 @@
 """Train a zoo agent: ``python -m rl.zoo.train NAME --seed N [--out DIR]``.
 
 Uses stable-baselines3 PPO (sb3-contrib RecurrentPPO for recurrent agents) on one CPU thread, seeded so the
-same command gives the same weights. Writes ``NAME@seedN.safetensors`` (the policy's ``state_dict`` only)
+same command gives the same weights. Specs with ``eval_every`` evaluate the target every that many steps
+and stop at the first evaluation that meets it (the evaluations do not touch the training's random streams,
+so the stop is as deterministic as the rest). Writes ``NAME@seedN.safetensors`` (the policy's ``state_dict`` only)
 and ``NAME@seedN.json`` (the card: env, steps, seed, evaluation over 100 episodes, train time, command).
 """
 
@@ -87,12 +89,39 @@ def evaluate_policy_episodes(spec: ZooSpec, act, n_episodes: int = 100, seed: in
             "n_episodes": n_episodes}
 
 
-def sb3_actor(model, recurrent: bool):
+def sb3_actor(model):
     """``act`` for :func:`evaluate_policy_episodes` from an SB3 model (deterministic actions)."""
     def act(obs, state, start):
         action, state = model.predict(obs, state=state, episode_start=np.array([start]), deterministic=True)
         return int(action), state
     return act
+
+
+def _stop_at_target(spec: ZooSpec, n_eval_episodes: int):
+    """An SB3 callback that evaluates the target every ``spec.eval_every`` steps, before a rollout is
+    collected (so the weights evaluated are the weights kept), and ends training when it is met."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class StopAtTarget(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.next_eval, self.history, self.metrics, self.stopped_at = spec.eval_every, [], None, None
+
+        def _on_rollout_start(self) -> None:
+            if self.stopped_at is not None or self.num_timesteps < self.next_eval:
+                return
+            self.next_eval += spec.eval_every
+            metrics = evaluate_policy_episodes(spec, sb3_actor(self.model), n_eval_episodes)
+            metric, threshold = spec.target
+            self.history.append([self.num_timesteps, metrics[metric]])
+            log.info("%s at %d steps: %s %.3f", spec.name, self.num_timesteps, metric, metrics[metric])
+            if metrics[metric] >= threshold:
+                self.metrics, self.stopped_at = metrics, self.num_timesteps
+
+        def _on_step(self) -> bool:
+            return self.stopped_at is None
+
+    return StopAtTarget()
 
 
 def train(name: str, seed: int = 0, out: Path | None = None, total_timesteps: int | None = None,
@@ -105,9 +134,13 @@ def train(name: str, seed: int = 0, out: Path | None = None, total_timesteps: in
     steps = int(total_timesteps or spec.total_timesteps)
     t0 = time.perf_counter()
     model = build_algo(spec, seed)
-    model.learn(total_timesteps=steps)
+    stopper = _stop_at_target(spec, n_eval_episodes) if spec.eval_every else None
+    model.learn(total_timesteps=steps, callback=stopper)
     train_time = time.perf_counter() - t0
-    metrics = evaluate_policy_episodes(spec, sb3_actor(model, spec.algo == "recurrent_ppo"), n_eval_episodes)
+    if stopper is not None and stopper.stopped_at is not None:
+        metrics, trained_steps = stopper.metrics, stopper.stopped_at
+    else:
+        metrics, trained_steps = evaluate_policy_episodes(spec, sb3_actor(model), n_eval_episodes), steps
     out = Path(out) if out is not None else CHECKPOINT_DIR
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{name}@seed{seed}"
@@ -117,10 +150,11 @@ def train(name: str, seed: int = 0, out: Path | None = None, total_timesteps: in
     card = {
         "name": name, "seed": seed, "env": spec.env_id, "env_kwargs": _jsonable(spec.env_kwargs),
         "algo": spec.algo, "policy": spec.policy, "policy_kwargs": _jsonable(spec.policy_kwargs),
-        "algo_kwargs": _jsonable(spec.algo_kwargs), "n_envs": spec.n_envs, "steps": steps,
+        "algo_kwargs": _jsonable(spec.algo_kwargs), "n_envs": spec.n_envs, "steps": trained_steps,
         "evaluation": {**metrics, "deterministic": True, "env_seeds": f"{EVAL_SEED}+i"},
         "target": {"metric": spec.target[0], "threshold": spec.target[1],
                    "reached": bool(metrics[spec.target[0]] >= spec.target[1])},
+        **({"max_steps": steps, "evaluations": stopper.history} if stopper is not None else {}),
         "train_time_s": round(train_time, 2), "threads": 1,
         "command": f"python -m rl.zoo.train {name} --seed {seed}" + (
             f" --steps {steps}" if total_timesteps else ""),

@@ -51,3 +51,23 @@ def test_training_is_deterministic_from_the_seed(tmp_path):
     assert a["evaluation"] == b["evaluation"]
     agent = zoo.load("tmaze-recurrent@seed4", checkpoint_dir=tmp_path / "a")
     assert agent.card["steps"] == 1024
+
+
+@pytest.mark.slow
+def test_stop_at_target_keeps_the_weights_it_evaluated(tmp_path, monkeypatch):
+    import dataclasses
+
+    from rl.zoo import specs
+    from rl.zoo.train import train
+
+    spec = dataclasses.replace(specs.get_spec("tmaze-recurrent"), total_timesteps=20_480, eval_every=1024)
+    monkeypatch.setitem(specs.SPECS, "tmaze-recurrent", spec)
+    card = train("tmaze-recurrent", seed=0, out=tmp_path, n_eval_episodes=20)
+    steps, values = zip(*card["evaluations"])
+    assert card["target"]["reached"] and card["steps"] == steps[-1] < card["max_steps"] == 20_480
+    assert values[-1] >= 0.95 and all(v < 0.95 for v in values[:-1])
+    assert all(s >= 1024 * (i + 1) for i, s in enumerate(steps))  # evaluated at the interval, no more often
+    # the checkpoint is the policy that was evaluated, not one trained on a further rollout
+    ev = zoo.evaluate(zoo.load("tmaze-recurrent@seed0", checkpoint_dir=tmp_path), n_episodes=20)
+    assert ev["success_rate"] == card["evaluation"]["success_rate"]
+    assert ev["mean_return"] == pytest.approx(card["evaluation"]["mean_return"], abs=1e-9)
