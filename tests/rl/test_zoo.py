@@ -9,7 +9,8 @@ import pytest
 from rl import zoo
 
 TARGETS = {"cartpole-ppo": ("mean_return", 475.0), "doorkey-ppo": ("success_rate", 0.90),
-           "tmaze-recurrent": ("success_rate", 0.95), "tmaze-noisy-recurrent": ("success_rate", 0.95)}
+           "tmaze-recurrent": ("success_rate", 0.95), "tmaze-noisy-recurrent": ("success_rate", 0.95),
+           "memory-recurrent": ("success_rate", 0.90)}
 
 
 def test_every_agent_ships_three_seeds_with_cards_meeting_targets():
@@ -24,7 +25,8 @@ def test_every_agent_ships_three_seeds_with_cards_meeting_targets():
             assert card["steps"] > 0 and card["train_time_s"] > 0 and card["env"]
 
 
-@pytest.mark.parametrize("name", ["tmaze-recurrent@seed0", "tmaze-recurrent@seed2", "doorkey-ppo@seed1"])
+@pytest.mark.parametrize("name", ["tmaze-recurrent@seed0", "tmaze-recurrent@seed2", "doorkey-ppo@seed1",
+                                  "memory-recurrent@seed1"])
 def test_agent_reproduces_its_card(name):
     # the Agent's own act() (argmax of the hooked forward) re-runs the card's 100 seeded episodes exactly
     agent = zoo.load(name)
