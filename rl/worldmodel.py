@@ -284,6 +284,7 @@ def _probe(agent, env, variables, sites, episodes, steps, seed, n_envs, rollout,
             if task == "regression":
                 y = y.astype(np.float64)
             chance = _chance(task, y[tr], y[te])
+            verdict_margin = _margin(margin, task, te.size)
             obs_score, obs_probe = _fit_score(task, feats["obs"], y, tr, te, l2)
             # a future value is never in the current observation
             vis_rate = float(rollout.visible[var_name][mask].mean()) if k == 0 else 0.0
@@ -298,8 +299,7 @@ def _probe(agent, env, variables, sites, episodes, steps, seed, n_envs, rollout,
                     "random_init": twin_score, "obs_baseline": obs_score, "control": ctrl,
                     "selectivity": None if ctrl is None else score - ctrl, "chance": chance,
                     "visible_rate": vis_rate,
-                    "verdict": _verdict(score, obs_score, twin_score, chance, vis_rate,
-                                        _margin(margin, task, te.size), constant),
+                    "verdict": _verdict(score, obs_score, twin_score, chance, vis_rate, verdict_margin, constant),
                     "n_train": int(tr.size), "n_test": int(te.size)})
                 probes_[(site, var_name, k)] = p
                 if by is not None and task == "classification" and p is not None:
