@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import InputError, InputTypeError
 from .hooked import HookedModel
 from .sites import Site, infer_axes
 
@@ -67,7 +68,7 @@ def _method_name(method: str) -> str:
     key = method.lower().replace("-", "_")
     key = ALIASES.get(key.replace("_", ""), ALIASES.get(key, key))
     if key not in INPUT_METHODS + LAYER_METHODS:
-        raise ValueError(f"unknown attribution method {method!r}; choose one of "
+        raise InputError(f"unknown attribution method {method!r}; choose one of "
                          f"{list(INPUT_METHODS + LAYER_METHODS)}")
     return key
 
@@ -84,7 +85,7 @@ class _MetricModule(nn.Module):
         out = self.metric(self.model(*args))
         if not isinstance(out, torch.Tensor) or out.dim() != 1 or out.shape[0] != args[0].shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"metric returned {shape} for a batch of {args[0].shape[0]}; it must return one "
+            raise InputError(f"metric returned {shape} for a batch of {args[0].shape[0]}; it must return one "
                              f"number per example, a 1-D Tensor[batch]")
         return out
 
@@ -179,7 +180,7 @@ def _site_for_captum(hm: HookedModel, site: Site, method: str) -> tuple[nn.Modul
         why = ("a virtual site" if site.kind == "virtual" else
                "one call of a module that runs several times" if site.call_index is not None else
                "a site that reads a part of its module's output")
-        raise ValueError(f"site '{site.name}' is {why}; captum's {method} hooks whole modules. Use "
+        raise InputError(f"site '{site.name}' is {why}; captum's {method} hooks whole modules. Use "
                          f"method='layer_integrated_gradients' or 'layer_gradcam' (computed with the core's "
                          f"hooks for such sites), or a plain module site")
     return hm._modules[site.module_path], site.kind == "input"
@@ -259,29 +260,29 @@ def attribute(model: Any, inputs: torch.Tensor, method: str, site: str | None = 
 
     name = _method_name(method)
     if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs must be a tensor [batch, ...], got {type(inputs).__name__}")
+        raise InputTypeError(f"inputs must be a tensor [batch, ...], got {type(inputs).__name__}")
     if (target is None) == (metric is None):
-        raise ValueError("give exactly one of target= (an output index, as in captum) or metric= "
+        raise InputError("give exactly one of target= (an output index, as in captum) or metric= "
                          "(a function output -> Tensor[batch])")
     if backend not in ("auto", "captum", "hooks"):
-        raise ValueError(f"backend must be 'auto', 'captum' or 'hooks', got {backend!r}")
+        raise InputError(f"backend must be 'auto', 'captum' or 'hooks', got {backend!r}")
     hm = model if isinstance(model, HookedModel) else HookedModel(model)
     net = hm.model
     forward = net if metric is None else _MetricModule(net, metric)
     n = inputs.shape[0]
     if n == 0:
-        raise ValueError("inputs are empty")
+        raise InputError("inputs are empty")
     site_obj = None
     if name in LAYER_METHODS:
         if site is None:
-            raise ValueError(f"{name} attributes to a site's activation; pass site= (e.g. one of "
+            raise InputError(f"{name} attributes to a site's activation; pass site= (e.g. one of "
                              f"{hm.sites.names[:5]})")
         hm._ensure_traced(inputs[:1])
         site_obj = hm.sites[site]
         if site_obj.axes is None:
-            raise ValueError(f"site '{site}' has unknown axes; give the adapter axes for it")
+            raise InputError(f"site '{site}' has unknown axes; give the adapter axes for it")
     elif site is not None:
-        raise ValueError(f"{name} attributes to the inputs; drop site= or use a layer method "
+        raise InputError(f"{name} attributes to the inputs; drop site= or use a layer method "
                          f"{list(LAYER_METHODS)}")
     use_hooks = backend == "hooks" or (
         backend == "auto" and site_obj is not None and (
@@ -291,9 +292,9 @@ def attribute(model: Any, inputs: torch.Tensor, method: str, site: str | None = 
     if use_hooks and name not in ("layer_integrated_gradients", "layer_gradcam"):
         if backend == "auto":
             _site_for_captum(hm, site_obj, name)  # raises the error that says what works for this site
-        raise ValueError(f"backend='hooks' supports layer_integrated_gradients and layer_gradcam, not {name}")
+        raise InputError(f"backend='hooks' supports layer_integrated_gradients and layer_gradcam, not {name}")
     if use_hooks and site_obj is None:
-        raise ValueError("backend='hooks' is for layer methods")
+        raise InputError("backend='hooks' is for layer methods")
     ibs = internal_batch_size
 
     def select_fn(t: Any) -> Callable[[Any], torch.Tensor]:
@@ -398,7 +399,7 @@ def _check_metric(value: Any, out: Any) -> torch.Tensor:
     rows = out.shape[0] if isinstance(out, torch.Tensor) else None
     if not isinstance(value, torch.Tensor) or value.dim() != 1 or (rows is not None and value.shape[0] != rows):
         shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"metric returned {shape}; it must return one number per example, a 1-D "
+        raise InputError(f"metric returned {shape}; it must return one number per example, a 1-D "
                          f"Tensor[batch]")
     return value
 

@@ -17,6 +17,8 @@ from typing import Union
 
 import torch
 
+from .errors import InputError, InputIndexError
+
 PoolSpec = Union[None, str, int, Sequence[int]]
 REDUCTIONS = ("mean", "max")
 
@@ -32,21 +34,21 @@ def flat_position(index: int | str | Sequence[int], pos_shape: Sequence[int],
     if isinstance(index, str):
         if not pos_names or index not in pos_names:
             known = sorted(pos_names or {})
-            raise ValueError(f"unknown named {what} {index!r}; this site names {known or 'no positions'}")
+            raise InputError(f"unknown named {what} {index!r}; this site names {known or 'no positions'}")
         return int(pos_names[index])
     if isinstance(index, (tuple, list)):
         if len(index) != len(pos_shape):
-            raise ValueError(f"{what} {tuple(index)} has {len(index)} indices but the site has "
+            raise InputError(f"{what} {tuple(index)} has {len(index)} indices but the site has "
                              f"{len(pos_shape)} pos axes of sizes {tuple(pos_shape)}")
         flat = 0
         for i, size in zip(index, pos_shape):
             if not -size <= i < size:
-                raise IndexError(f"{what} {tuple(index)} is out of range for pos axes {tuple(pos_shape)}")
+                raise InputIndexError(f"{what} {tuple(index)} is out of range for pos axes {tuple(pos_shape)}")
             flat = flat * size + (i % size)
         return flat
     index = int(index)
     if not -n <= index < n:
-        raise IndexError(f"{what} {index} is out of range: the site has {n} positions {tuple(pos_shape)}")
+        raise InputIndexError(f"{what} {index} is out of range: the site has {n} positions {tuple(pos_shape)}")
     return index % n
 
 
@@ -87,7 +89,7 @@ def to_rows(t: torch.Tensor, axes: Sequence[str]) -> torch.Tensor:
     """
     axes = tuple(axes)
     if len(axes) != t.dim():
-        raise ValueError(f"tensor of shape {tuple(t.shape)} does not match axes {axes}")
+        raise InputError(f"tensor of shape {tuple(t.shape)} does not match axes {axes}")
     order = ([i for i, a in enumerate(axes) if a == "batch"] + _pos_dims(axes)
              + [i for i, a in enumerate(axes) if a in ("head", "feature")])
     n_row_dims = 1 + len(_pos_dims(axes))
@@ -101,7 +103,7 @@ def batch_pos_feature(t: torch.Tensor, axes: Sequence[str]) -> tuple[torch.Tenso
     shape of the pos axes (``()`` for a site without positions, which gets ``pos = 1``)."""
     axes = tuple(axes)
     if len(axes) != t.dim() or "batch" not in axes:
-        raise ValueError(f"tensor of shape {tuple(t.shape)} does not match axes {axes} with a batch axis")
+        raise InputError(f"tensor of shape {tuple(t.shape)} does not match axes {axes} with a batch axis")
     b = axes.index("batch")
     p = _pos_dims(axes)
     f = [i for i, a in enumerate(axes) if a in ("head", "feature")]
@@ -118,7 +120,7 @@ def feature_last(t: torch.Tensor, axes: Sequence[str]) -> tuple[torch.Tensor, ca
     axes = tuple(axes)
     feat = [i for i, a in enumerate(axes) if a in ("head", "feature")]
     if not feat:
-        raise ValueError(f"axes {axes} have no feature axis to steer or project along")
+        raise InputError(f"axes {axes} have no feature axis to steer or project along")
     other = [i for i in range(t.dim()) if i not in feat]
     perm = other + feat
     moved = t.permute(*perm)
@@ -137,12 +139,12 @@ def _index_mask(size: int, idx, what: str, site: str) -> torch.Tensor:
     mask = torch.zeros(size, dtype=torch.bool)
     if isinstance(idx, torch.Tensor) and idx.dtype == torch.bool:
         if idx.shape != (size,):
-            raise ValueError(f"site {site!r}: {what} mask has shape {tuple(idx.shape)}, expected ({size},)")
+            raise InputError(f"site {site!r}: {what} mask has shape {tuple(idx.shape)}, expected ({size},)")
         return idx.clone()
     ids = [idx] if isinstance(idx, int) else list(idx)
     for i in ids:
         if not -size <= int(i) < size:
-            raise IndexError(f"site {site!r}: {what} index {i} is out of range for an axis of size {size}")
+            raise InputIndexError(f"site {site!r}: {what} index {i} is out of range for an axis of size {size}")
         mask[int(i)] = True
     return mask
 
@@ -162,11 +164,11 @@ def selection_mask(shape: Sequence[int], axes: Sequence[str], *, positions=None,
     if positions is not None:
         pdims = _pos_dims(axes)
         if not pdims:
-            raise ValueError(f"site {site!r} has no pos axis (axes {axes}); drop the positions= selector")
+            raise InputError(f"site {site!r} has no pos axis (axes {axes}); drop the positions= selector")
         pos_shape = [shape[d] for d in pdims]
         if isinstance(positions, torch.Tensor) and positions.dtype == torch.bool:
             if tuple(positions.shape) != tuple(pos_shape):
-                raise ValueError(f"site {site!r}: positions mask has shape {tuple(positions.shape)}, expected "
+                raise InputError(f"site {site!r}: positions mask has shape {tuple(positions.shape)}, expected "
                                  f"the pos axes' shape {tuple(pos_shape)}")
             pm = positions.clone()
         else:
@@ -176,7 +178,7 @@ def selection_mask(shape: Sequence[int], axes: Sequence[str], *, positions=None,
                 flat[flat_position(p, pos_shape, pos_names, what=f"site '{site}': position")] = True
             pm = flat.reshape(pos_shape)
         if pdims != list(range(pdims[0], pdims[0] + len(pdims))):
-            raise ValueError(f"site {site!r}: pos axes {pdims} are not adjacent; use Replace(fn) instead")
+            raise InputError(f"site {site!r}: pos axes {pdims} are not adjacent; use Replace(fn) instead")
         v = list(view)
         for d in pdims:
             v[d] = shape[d]
@@ -186,7 +188,7 @@ def selection_mask(shape: Sequence[int], axes: Sequence[str], *, positions=None,
             continue
         dims = [i for i, a in enumerate(axes) if a == role]
         if len(dims) != 1:
-            raise ValueError(f"site {site!r} has {len(dims)} '{role}' axes (axes {axes}); "
+            raise InputError(f"site {site!r} has {len(dims)} '{role}' axes (axes {axes}); "
                              f"a {role}s= selector needs exactly one")
         d = dims[0]
         v = list(view)

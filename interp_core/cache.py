@@ -18,6 +18,7 @@ import torch
 
 from .axes import PoolSpec, to_rows
 from .axes import pool as pool_tensor
+from .errors import InputError, SiteError
 
 
 class ActivationCache(Mapping[str, torch.Tensor]):
@@ -37,14 +38,14 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         for k, t in self._data.items():
             a = self._axes.get(k)
             if a is not None and len(a) != t.dim():
-                raise ValueError(f"site '{k}': tensor of shape {tuple(t.shape)} does not match axes {a}")
+                raise InputError(f"site '{k}': tensor of shape {tuple(t.shape)} does not match axes {a}")
 
     # Mapping interface
     def __getitem__(self, name: str) -> torch.Tensor:
         if name in self._data:
             return self._data[name]
         close = difflib.get_close_matches(str(name), list(self._data), n=3, cutoff=0.5)
-        raise KeyError(f"site '{name}' is not in this cache; cached: {list(self._data)[:8]}"
+        raise SiteError(f"site '{name}' is not in this cache; cached: {list(self._data)[:8]}"
                        + (f"; closest: {close}" if close else ""))
 
     def __iter__(self) -> Iterator[str]:
@@ -66,7 +67,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         a = self._axes.get(name)
         if a is None:
             self[name]  # raises the helpful KeyError for unknown names
-            raise ValueError(f"site '{name}' has unknown axes (shape {tuple(self._data[name].shape)}); "
+            raise InputError(f"site '{name}' has unknown axes (shape {tuple(self._data[name].shape)}); "
                              f"set them in the adapter")
         return a
 
@@ -93,7 +94,7 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         rows = {n: self.features(n, pool) for n in names}
         n = {r.shape[0] for r in rows.values()}
         if len(n) != 1:
-            raise ValueError(f"sites {names} give different numbers of rows {sorted(n)}; pool them alike")
+            raise InputError(f"sites {names} give different numbers of rows {sorted(n)}; pool them alike")
         total = n.pop()
         order = (torch.randperm(total, generator=torch.Generator().manual_seed(seed)) if shuffle
                  else torch.arange(total))
@@ -130,11 +131,11 @@ class ActivationCache(Mapping[str, torch.Tensor]):
         """Concatenate caches of the same sites along each tensor's batch axis."""
         caches = list(caches)
         if not caches:
-            raise ValueError("ActivationCache.cat needs at least one cache")
+            raise InputError("ActivationCache.cat needs at least one cache")
         names = caches[0].site_names
         for c in caches[1:]:
             if c.site_names != names:
-                raise ValueError(f"cannot concatenate caches of different sites: {names} vs {c.site_names}")
+                raise InputError(f"cannot concatenate caches of different sites: {names} vs {c.site_names}")
         out = {}
         for n in names:
             a = caches[0]._axes.get(n)

@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from .errors import InputError
 from .hooked import HookedModel
 
 PREFIXES = {"timm": "vision", "torchvision": "vision", "vision": "vision.zoo", "rl": "rl.zoo"}
@@ -24,13 +25,13 @@ def load(spec: str, weights: str | None = None) -> HookedModel:
     """A :class:`HookedModel` from a model spec such as ``timm:vit_tiny_patch16_224`` (see module doc)."""
     prefix, sep, name = spec.partition(":")
     if not sep or prefix not in PREFIXES or not name:
-        raise ValueError(f"model spec {spec!r} is not understood; use one of "
+        raise InputError(f"model spec {spec!r} is not understood; use one of "
                          + ", ".join(f"'{p}:NAME'" for p in PREFIXES))
     module = importlib.import_module(PREFIXES[prefix])
     if prefix in ("timm", "torchvision"):
         return module.load(spec, weights=weights)
     if weights is not None:
-        raise ValueError("--weights applies to timm: and torchvision: models; zoo models ship their own")
+        raise InputError("--weights applies to timm: and torchvision: models; zoo models ship their own")
     loaded = module.load(name)
     return loaded if isinstance(loaded, HookedModel) else loaded.hooked
 

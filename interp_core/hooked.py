@@ -20,6 +20,8 @@ the metric with respect to that activation — what attribution patching needs.
 from __future__ import annotations
 
 import contextlib
+import logging
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -29,9 +31,23 @@ from torch import nn
 from .axes import PoolSpec
 from .axes import pool as pool_tensor
 from .cache import ActivationCache
+from .errors import InputError, InputTypeError, InterpError, InterpWarning
+from .forwards import MakeForward, replace_forward
 from .sites import Adapter, GenericAdapter, HookFn, Site, SiteTable, infer_axes
 
 Inputs = Any  # a tensor, a tuple of positional arguments, or a dict of keyword arguments
+log = logging.getLogger(__name__)
+
+
+def signature(inputs: Inputs) -> tuple:
+    """What a trace depends on: each tensor's rank and per-example shape (the batch size left out)."""
+    if isinstance(inputs, torch.Tensor):
+        return ("tensor", tuple(inputs.shape[1:]), inputs.dim())
+    if isinstance(inputs, Mapping):
+        return ("dict", tuple((k, signature(v)) for k, v in inputs.items()))
+    if isinstance(inputs, (tuple, list)):
+        return ("args", tuple(signature(v) for v in inputs))
+    return (type(inputs).__name__,)
 
 
 def call_model(model: Callable, inputs: Inputs) -> Any:
@@ -83,22 +99,44 @@ class HookedModel:
 
     def __init__(self, model: nn.Module, adapter: Adapter | None = None, example_input: Inputs = None):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"HookedModel wraps an nn.Module, got {type(model).__name__}")
+            raise InputTypeError(f"HookedModel wraps an nn.Module, got {type(model).__name__}")
         self.model = model
+        if adapter is None or adapter == "auto":
+            from .boundary import find_adapter
+
+            adapter = find_adapter(model)
+        elif adapter == "generic":
+            adapter = GenericAdapter()
         self.adapter = adapter if adapter is not None else GenericAdapter()
         self._raw_sites = list(self.adapter.sites(model))
         self._modules = dict(model.named_modules())
         for s in self._raw_sites:
             if s.kind != "virtual" and s.module_path not in self._modules:
-                raise ValueError(f"adapter {self.adapter.name!r} names site {s.name!r} on module "
+                raise InputError(f"adapter {self.adapter.name!r} names site {s.name!r} on module "
                                  f"{s.module_path!r}, which the model does not have")
         self._table = SiteTable(self._raw_sites)
         self._traced = False
-        self._observed: dict[str, torch.Size] = {}
-        if example_input is None:
+        self._trace_signature: tuple | None = None
+        self._trace_description = ""
+        self._warned_train = False
+        given = example_input is not None
+        if example_input is None and not getattr(self.adapter, "trace_lazily", False):
             example_input = self.adapter.example_input(model)
         if example_input is not None:
-            self.trace(example_input)
+            try:
+                self.trace(example_input)
+            except InterpError:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                if given:
+                    from .boundary import describe_inputs
+
+                    raise InputError(f"example_input: the model fails on {describe_inputs(example_input)}: {e}; "
+                                     f"give an input the model accepts, or none (the first real input "
+                                     f"is traced instead)") from None
+                # the adapter's guessed input does not fit this model: trace on the first real input instead
+                log.info("example input does not fit %s (%s); tracing on first use", type(model).__name__, e)
+                self._table = SiteTable(self._raw_sites)
 
     # ------------------------------------------------------------------ model pass-through
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -138,6 +176,74 @@ class HookedModel:
             if changed:
                 for m, f in flags:
                     m.training = f
+
+    @contextlib.contextmanager
+    def analysis(self, train: bool = False) -> Iterator["HookedModel"]:
+        """The mode every analysis runs in: eval mode (``train=False``) with every module's flag restored,
+        or train mode (``train=True``: dropout on, batch statistics used) with every buffer (BatchNorm's
+        running statistics) restored afterwards. Weights are never changed either way."""
+        if not train:
+            with self.evaluating():
+                yield self
+            return
+        flags = [(m, m.training) for m in self.model.modules()]
+        with self._buffers_kept():
+            self.model.train()
+            try:
+                yield self
+            finally:
+                for m, f in flags:
+                    m.training = f
+
+    @contextlib.contextmanager
+    def _buffers_kept(self) -> Iterator[None]:
+        saved = [(b, b.detach().clone()) for b in self.model.buffers()]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, v in saved:
+                    if b.shape == v.shape:
+                        b.copy_(v)
+
+    @contextlib.contextmanager
+    def replacing_forward(self, path: str, make: MakeForward) -> Iterator[None]:
+        """Run ``make(module, inner) -> forward`` in place of the forward of module ``path`` for the block.
+
+        Overrides stack per module and can end in any order (:mod:`interp_core.forwards`); the module's own
+        forward is back when the last one ends.
+        """
+        handle = replace_forward(self.model.get_submodule(path), make)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _run(self, inputs: Inputs) -> Any:
+        """Call the model: in train mode, warn once and keep buffers; wrap raw failures in the suite's error."""
+        if self.model.training:
+            if not self._warned_train:
+                warnings.warn(f"{type(self.model).__name__} is in train mode: dropout is active and batch "
+                              f"statistics are used (buffers are restored after each run). Analyses use "
+                              f"eval mode; call model.eval() or use `with hm.analysis():`", InterpWarning,
+                              stacklevel=3)
+                self._warned_train = True
+            with self._buffers_kept():
+                return self._call(inputs)
+        return self._call(inputs)
+
+    def _call(self, inputs: Inputs) -> Any:
+        try:
+            return call_model(self.model, inputs)
+        except InterpError:
+            raise
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:
+            if getattr(e, "_interp_from_hook", False):
+                raise
+            from .boundary import describe_inputs
+
+            raise InputError(f"inputs: {type(self.model).__name__} failed on {describe_inputs(inputs)}: {e}; "
+                             f"check the input's shape and dtype against what the model expects") from e
 
     # ------------------------------------------------------------------ sites
     @property
@@ -238,6 +344,10 @@ class HookedModel:
         self._span = {p: (e[0], e[1]) for p, e in events.items() if len(e) == 2 and p}
         self._completed_memo = {}
         self._traced = True
+        from .boundary import describe_inputs
+
+        self._trace_signature = signature(inputs)
+        self._trace_description = describe_inputs(inputs)
         return self._table
 
     def completed_before(self, site: str) -> list[str]:
@@ -269,8 +379,23 @@ class HookedModel:
         return s.with_(axes=axes, shape=tuple(shape[1:]) if axes and axes[0] == "batch" else tuple(shape))
 
     def _ensure_traced(self, inputs: Inputs) -> None:
+        """Trace on ``inputs`` if not traced yet; re-trace when they differ in rank or per-example shape from
+        what the trace saw (an error then says what the first input looked like)."""
         if not self._traced:
             self.trace(inputs)
+            return
+        if self._trace_signature is None or signature(inputs) == self._trace_signature:
+            return
+        first = self._trace_description
+        try:
+            self.trace(inputs)
+        except InterpError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            from .boundary import describe_inputs
+
+            raise InputError(f"inputs: the model was traced on {first}; now given {describe_inputs(inputs)}, on "
+                             f"which it fails ({e}); give batches shaped like the first input") from None
 
     def _resolve(self, names: Sequence[str] | str | None) -> list[Site]:
         if names is None:
@@ -302,9 +427,13 @@ class HookedModel:
                 return None
             act = site.read(value) if site.read is not None else value
             if not isinstance(act, torch.Tensor):
-                raise TypeError(f"site '{site.name}' {what} is a {type(act).__name__}, not a tensor; give the "
+                raise InputTypeError(f"site '{site.name}' {what} is a {type(act).__name__}, not a tensor; give the "
                                 f"site a read= function that picks the tensor")
-            new = fn(act)
+            try:
+                new = fn(act)
+            except Exception as e:  # the caller's own error: let it through unchanged (see _call)
+                e._interp_from_hook = True  # type: ignore[attr-defined]
+                raise
             if new is None:
                 return None
             if new.shape != act.shape:
@@ -367,7 +496,7 @@ class HookedModel:
             chain = list(iv) if isinstance(iv, (list, tuple)) else [iv]
             for c in chain:
                 if not callable(c):
-                    raise TypeError(f"intervention at site '{name}' is a {type(c).__name__}, not a callable "
+                    raise InputTypeError(f"intervention at site '{name}' is a {type(c).__name__}, not a callable "
                                     f"(activation, site) -> activation")
             fns[name] = [_bind(c, site) for c in chain]
         with self.hooks(fns):
@@ -377,7 +506,7 @@ class HookedModel:
         """One forward on ``inputs`` with the interventions applied; returns the model's output."""
         self._ensure_traced(inputs)
         with self.intervene(interventions):
-            return call_model(self.model, inputs)
+            return self._run(inputs)
 
     def run_with_cache(self, inputs: Inputs, sites: Sequence[str] | str | None = None,
                        pool: PoolSpec | Mapping[str, PoolSpec] = None, grad: bool = False,
@@ -400,7 +529,7 @@ class HookedModel:
         targets = self._resolve(sites)
         pools = dict(pool) if isinstance(pool, Mapping) else {s.name: pool for s in targets}
         if grad and any(pools.get(s.name) is not None for s in targets):
-            raise ValueError("grad=True keeps full activations in the graph; pooling would cut them off. "
+            raise InputError("grad=True keeps full activations in the graph; pooling would cut them off. "
                              "Pool after the forward instead (interp_core.axes.pool)")
         store: dict[str, torch.Tensor] = {}
         axes: dict[str, tuple[str, ...] | None] = {}
@@ -411,7 +540,9 @@ class HookedModel:
             def fn(act: torch.Tensor) -> torch.Tensor | None:
                 site_axes = site.axes or infer_axes(act.shape)
                 if grad:
-                    kept = act.clone()
+                    # on a frozen model (or under no_grad) the activation is not on any autograd path yet:
+                    # make the cached copy a leaf that requires grad, so the output depends on it
+                    kept = act.clone() if act.requires_grad else act.detach().clone().requires_grad_(True)
                     store[site.name] = kept
                     axes[site.name] = site_axes
                     return kept.clone()  # the forward continues from a copy: in-place ops can't touch `kept`
@@ -420,7 +551,7 @@ class HookedModel:
                     axes[site.name] = site_axes
                     return None
                 if site_axes is None:
-                    raise ValueError(f"site '{site.name}' has unknown axes for shape {tuple(act.shape)}; "
+                    raise InputError(f"site '{site.name}' has unknown axes for shape {tuple(act.shape)}; "
                                      f"cannot pool. Give the adapter axes for it")
                 pooled, paxes = pool_tensor(act.detach(), site_axes, how, site.pos_names)
                 store[site.name] = pooled.clone() if pooled._base is not None or pooled is act else pooled
@@ -435,9 +566,9 @@ class HookedModel:
             fns[name] = [_bind(c, site) for c in chain]
         for s in targets:
             fns.setdefault(s.name, []).append(recorder(s))
-        ctx = contextlib.nullcontext() if grad else torch.no_grad()
+        ctx = torch.enable_grad() if grad else torch.no_grad()
         with ctx, self.hooks(fns):
-            out = call_model(self.model, inputs)
+            out = self._run(inputs)
         missing = [s.name for s in targets if s.name not in store]
         if missing:
             raise RuntimeError(f"sites {missing} did not run in this forward (a module the model skips?)")

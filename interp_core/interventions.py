@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 
 from .axes import feature_last, selection_mask
+from .errors import InputError, InputTypeError
 from .sites import Site
 
 
@@ -60,7 +61,7 @@ def _source_tensor(source: Any, site: Site) -> torch.Tensor:
         return source
     if isinstance(source, Mapping) or hasattr(source, "__getitem__"):
         return source[site.name]
-    raise TypeError(f"Patch source for site '{site.name}' must be a tensor or a cache, got "
+    raise InputTypeError(f"Patch source for site '{site.name}' must be a tensor or a cache, got "
                     f"{type(source).__name__}")
 
 
@@ -81,7 +82,7 @@ class Patch(Intervention):
         ok = src.dim() == act.dim() and all(
             s == a or (d == b and s == 1) for d, (s, a) in enumerate(zip(src.shape, act.shape)))
         if not ok:
-            raise ValueError(f"Patch at site '{site.name}': source has shape {tuple(src.shape)} but the "
+            raise InputError(f"Patch at site '{site.name}': source has shape {tuple(src.shape)} but the "
                              f"activation has shape {tuple(act.shape)} (axes {site.axes}); record the source "
                              f"at the same site, unpooled, with the same batch size (or batch size 1)")
         return src.expand_as(act).clone()  # a copy: in-place ops downstream must not write into the source
@@ -101,9 +102,9 @@ class Ablate(Intervention):
                  positions: Any = None, heads: Any = None, features: Any = None, seed: int = 0):
         super().__init__(positions, heads, features)
         if method not in ("zero", "mean", "resample"):
-            raise ValueError(f"Ablate method must be 'zero', 'mean' or 'resample', got {method!r}")
+            raise InputError(f"Ablate method must be 'zero', 'mean' or 'resample', got {method!r}")
         if method != "zero" and stats is None:
-            raise ValueError(f"Ablate({method!r}) needs stats=: reference activations (a tensor or a cache "
+            raise InputError(f"Ablate({method!r}) needs stats=: reference activations (a tensor or a cache "
                              f"recorded at this site over a dataset)")
         self.method = method
         self.stats = stats
@@ -116,7 +117,7 @@ class Ablate(Intervention):
         if self.method == "mean" and ref.shape == per_example:
             return ref.unsqueeze(b)
         if ref.dim() != act.dim() or ref.shape[:b] + ref.shape[b + 1:] != per_example:
-            raise ValueError(f"Ablate({self.method!r}) at site '{site.name}': stats have shape "
+            raise InputError(f"Ablate({self.method!r}) at site '{site.name}': stats have shape "
                              f"{tuple(ref.shape)}, expected [N, ...] matching the activation "
                              f"{tuple(act.shape)} (axes {site.axes}) except on the batch axis")
         return ref
@@ -139,7 +140,7 @@ def _direction(direction: Any, d: int, site: Site, what: str) -> torch.Tensor:
     if v.dim() != 1:
         v = v.reshape(-1)
     if v.numel() != d:
-        raise ValueError(f"{what} at site '{site.name}': direction has {v.numel()} entries, expected {d} "
+        raise InputError(f"{what} at site '{site.name}': direction has {v.numel()} entries, expected {d} "
                          f"(the site's head x feature size; axes {site.axes})")
     return v
 
@@ -173,7 +174,7 @@ class ProjectOut(Intervention):
         v = torch.as_tensor(self.direction).to(act.device, act.dtype)
         basis = v.reshape(1, -1) if v.dim() == 1 else v
         if basis.shape[-1] != d:
-            raise ValueError(f"ProjectOut at site '{site.name}': direction has {basis.shape[-1]} features, "
+            raise InputError(f"ProjectOut at site '{site.name}': direction has {basis.shape[-1]} features, "
                              f"expected {d} (axes {site.axes})")
         q, _ = torch.linalg.qr(basis.T)  # orthonormal basis of the span, [d, k]
         return restore(flat - (flat @ q) @ q.T)

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError, InputTypeError
+
 
 class Metric:
     """A named metric ``output -> Tensor[batch]``."""
@@ -34,7 +36,7 @@ class Metric:
         m = self.fn(output)
         if not isinstance(m, torch.Tensor) or m.dim() != 1:
             shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
-            raise ValueError(f"metric {self.name!r} returned {shape}; a metric returns one number per example, "
+            raise InputError(f"metric {self.name!r} returned {shape}; a metric returns one number per example, "
                              f"a tensor of shape [batch]")
         return m
 
@@ -42,13 +44,30 @@ class Metric:
         return f"Metric({self.name})"
 
 
-def as_metric(metric: Callable[[Any], torch.Tensor] | Metric) -> Metric:
-    """Wrap a plain callable so its output shape is checked."""
-    if isinstance(metric, Metric):
-        return metric
-    if not callable(metric):
-        raise TypeError(f"a metric is a callable output -> Tensor[batch], got {type(metric).__name__}")
-    return Metric(metric, getattr(metric, "__name__", "metric"))
+def as_metric(metric: Callable[[Any], torch.Tensor] | Metric | int | torch.Tensor | None = None, *,
+              target: int | torch.Tensor | None = None, argument: str = "metric") -> Metric:
+    """The one rule by which a target or metric becomes a :class:`Metric`.
+
+    A ``Metric`` passes through; a callable ``output -> Tensor[batch]`` is wrapped (its output shape is then
+    checked on every call); a class index — an ``int`` or a ``[batch]`` integer tensor, given as ``metric`` or
+    as ``target`` — becomes :func:`logit` of that class.
+    """
+    if metric is None and target is None:
+        raise InputError(f"{argument}: none given; pass a metric (e.g. interp_core.metrics.logit_diff(3, 8)) or "
+                         f"a target class index")
+    if metric is not None and target is not None:
+        raise InputError(f"{argument}: both a metric and target={target!r} were given; give one")
+    m = metric if metric is not None else target
+    if isinstance(m, Metric):
+        return m
+    if isinstance(m, bool) or (isinstance(m, torch.Tensor) and m.is_floating_point()):
+        raise InputTypeError(f"{argument}: a class index must be an int or an integer tensor, got {m!r}")
+    if isinstance(m, (int, torch.Tensor)):
+        return logit(m)
+    if not callable(m):
+        raise InputTypeError(f"{argument}: a metric is a callable output -> Tensor[batch] or a class index, got "
+                             f"{type(m).__name__}")
+    return Metric(m, getattr(m, "__name__", "metric"))
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -61,13 +80,13 @@ def logits_of(output: Any) -> torch.Tensor:
         return output[0]
     if hasattr(output, "logits"):
         return output.logits
-    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
+    raise InputTypeError(f"cannot find logits in a model output of type {type(output).__name__}")
 
 
 def _pick(z: torch.Tensor, c: int | torch.Tensor) -> torch.Tensor:
     if isinstance(c, torch.Tensor) and c.dim() == 1:
         if c.shape[0] != z.shape[0]:
-            raise ValueError(f"per-example classes have {c.shape[0]} entries for a batch of {z.shape[0]}")
+            raise InputError(f"per-example classes have {c.shape[0]} entries for a batch of {z.shape[0]}")
         return z.gather(1, c.to(z.device).long()[:, None])[:, 0]
     return z[:, int(c)]
 

@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .errors import InputError, InputTypeError
 from .hooked import HookedModel, call_model
 from .interventions import Ablate, Patch, Replace
 from .metrics import Metric, as_metric
@@ -77,7 +78,7 @@ def _batch_size(inputs: Any) -> int:
     sizes = []
     _map_tensors(inputs, lambda t: sizes.append(t.shape[0]) or t)
     if not sizes:
-        raise TypeError("inputs hold no tensor")
+        raise InputTypeError("inputs hold no tensor")
     return sizes[0]
 
 
@@ -91,7 +92,7 @@ def _check_pair(clean: Any, corrupted: Any) -> None:
     _map_tensors(clean, lambda t: shapes[0].append(tuple(t.shape)) or t)
     _map_tensors(corrupted, lambda t: shapes[1].append(tuple(t.shape)) or t)
     if shapes[0] != shapes[1]:
-        raise ValueError(f"clean and corrupted inputs must have the same shapes (one corrupted input per clean "
+        raise InputError(f"clean and corrupted inputs must have the same shapes (one corrupted input per clean "
                          f"one), got {shapes[0]} and {shapes[1]}")
 
 
@@ -99,9 +100,9 @@ def _check_pair(clean: Any, corrupted: Any) -> None:
 def _grid_dims(site: Site, per: Per) -> tuple[int, ...]:
     """Dimensions of the per-example activation (batch removed) that index the units."""
     if site.axes is None:
-        raise ValueError(f"site '{site.name}' has unknown axes; trace the model or give the adapter axes")
+        raise InputError(f"site '{site.name}' has unknown axes; trace the model or give the adapter axes")
     if site.axes[0] != "batch":
-        raise ValueError(f"site '{site.name}' has its batch axis at {site.axes.index('batch')}; patching needs "
+        raise InputError(f"site '{site.name}' has its batch axis at {site.axes.index('batch')}; patching needs "
                          f"it first (axes {site.axes})")
     roles = site.axes[1:]
     if per == "auto":
@@ -111,13 +112,13 @@ def _grid_dims(site: Site, per: Per) -> tuple[int, ...]:
         return ()
     for w in wanted:
         if w not in ("pos", "head", "feature"):
-            raise ValueError(f"per={per!r}: units are 'pos', 'head', 'feature', 'site', 'auto' or a tuple of them")
+            raise InputError(f"per={per!r}: units are 'pos', 'head', 'feature', 'site', 'auto' or a tuple of them")
         if w not in roles:
-            raise ValueError(f"site '{site.name}' has no '{w}' axis (axes {site.axes}); choose per= among "
+            raise InputError(f"site '{site.name}' has no '{w}' axis (axes {site.axes}); choose per= among "
                              f"{sorted(set(roles)) + ['site']}")
     dims = tuple(i for i, r in enumerate(roles) if r in wanted)
     if "feature" in wanted and sum(r == "feature" for r in roles) > 1:
-        raise ValueError(f"site '{site.name}' has several feature axes; per='feature' needs one")
+        raise InputError(f"site '{site.name}' has several feature axes; per='feature' needs one")
     return dims
 
 
@@ -306,7 +307,7 @@ def _exact_site(hm: HookedModel, base: Any, site: Site, source: torch.Tensor, ba
             out = call_model(hm.model, _repeat(base, k))
         m = metric(out)
         if m.shape[0] != k * B:
-            raise ValueError(f"metric {metric.name!r} returned {m.shape[0]} values for a batch of {k * B}")
+            raise InputError(f"metric {metric.name!r} returned {m.shape[0]} values for a batch of {k * B}")
         values[lo:lo + k] = m.reshape(k, B).mean(dim=1).float().cpu()
         bar.update(k)
     return values, no_op
@@ -314,12 +315,12 @@ def _exact_site(hm: HookedModel, base: Any, site: Site, source: torch.Tensor, ba
 
 def _prepare(model: HookedModel, sites: Sequence[str] | str, inputs: Any) -> list[Site]:
     if not isinstance(model, HookedModel):
-        raise TypeError(f"patching takes a HookedModel (wrap it: HookedModel(model) or vision.wrap(model)), "
+        raise InputTypeError(f"patching takes a HookedModel (wrap it: HookedModel(model) or vision.wrap(model)), "
                         f"got {type(model).__name__}")
     model._ensure_traced(inputs)
     names = [sites] if isinstance(sites, str) else list(sites)
     if not names:
-        raise ValueError("no sites given; e.g. sites=model.sites.matching('blocks.*')")
+        raise InputError("no sites given; e.g. sites=model.sites.matching('blocks.*')")
     return [model.sites[n] for n in names]
 
 
@@ -327,7 +328,7 @@ def _pair_setup(model: HookedModel, clean: Any, corrupted: Any, sites: Sequence[
                 mode: str) -> tuple[Metric, list[Site], Any, Any]:
     """Checked arguments of a clean/corrupted method: the metric, the sites, and the (base, source) inputs."""
     if mode not in ("denoising", "noising"):
-        raise ValueError(f"mode must be 'denoising' or 'noising', got {mode!r}")
+        raise InputError(f"mode must be 'denoising' or 'noising', got {mode!r}")
     _check_pair(clean, corrupted)
     targets = _prepare(model, sites, clean)
     base, src = (corrupted, clean) if mode == "denoising" else (clean, corrupted)
@@ -339,7 +340,7 @@ def _normalise(values: torch.Tensor, m_clean: float, m_corr: float, normalize: b
         return values
     denom = m_clean - m_corr
     if abs(denom) < 1e-8:
-        raise ValueError(f"clean and corrupted inputs give the same metric ({m_clean:.6g}); effects cannot be "
+        raise InputError(f"clean and corrupted inputs give the same metric ({m_clean:.6g}); effects cannot be "
                          f"normalised. Choose inputs or a metric that differ, or pass normalize=False")
     return (values - m_corr) / denom
 
@@ -514,7 +515,7 @@ def path_patching(model: HookedModel, clean: Any, corrupted: Any, sender: str, r
     _prepare(model, [sender, *recv, *freeze], clean)
     overlap = set(recv) & set(freeze) | ({sender} & (set(recv) | set(freeze)))
     if overlap:
-        raise ValueError(f"sites {sorted(overlap)} are given more than one role (sender, receiver, frozen)")
+        raise InputError(f"sites {sorted(overlap)} are given more than one role (sender, receiver, frozen)")
     with model.evaluating(), torch.no_grad():
         out_clean, clean_cache = model.run_with_cache(clean, sites=[sender, *freeze])
         out_corr, corr_cache = model.run_with_cache(corrupted, sites=[sender])

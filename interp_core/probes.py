@@ -63,14 +63,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import InputError, NotFittedError, SiteError
+
 logger = logging.getLogger(__name__)
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
 KINDS = ("logistic", "ridge_classifier", "linear", "ridge")
 
 
-class NotFittedError(ValueError, AttributeError):
-    """A probe was used before ``fit`` (same bases as scikit-learn's ``NotFittedError``)."""
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -80,7 +80,7 @@ def _as_features(X: ArrayLike, what: str = "X") -> torch.Tensor:
     elif not isinstance(X, torch.Tensor):
         X = torch.as_tensor(np.asarray(X))
     if X.dim() != 2:
-        raise ValueError(f"{what} must be 2-D [N rows, d features], got shape {tuple(X.shape)}; use "
+        raise InputError(f"{what} must be 2-D [N rows, d features], got shape {tuple(X.shape)}; use "
                          f"cache.features(site, pool=...) to turn an activation into rows")
     if not (X.is_floating_point()):
         X = X.float()
@@ -93,14 +93,14 @@ def _check_finite(X: torch.Tensor, what: str = "X") -> None:
         rows = torch.nonzero(bad.any(1)).flatten()
         cols = torch.nonzero(bad.any(0)).flatten()
         n_nan, n_inf = int(torch.isnan(X).sum()), int(torch.isinf(X).sum())
-        raise ValueError(f"{what} has {n_nan} NaN and {n_inf} inf entries in {len(rows)} rows (first rows "
+        raise InputError(f"{what} has {n_nan} NaN and {n_inf} inf entries in {len(rows)} rows (first rows "
                          f"{rows[:5].tolist()}, columns {cols[:10].tolist()}); remove or impute them before "
                          f"fitting (e.g. X[torch.isfinite(X).all(1)])")
 
 
 def _check_lengths(X: torch.Tensor, y: Any, name: str = "y") -> None:
     if y is not None and len(y) != X.shape[0]:
-        raise ValueError(f"X has {X.shape[0]} rows but {name} has {len(y)} entries; they must describe the "
+        raise InputError(f"X has {X.shape[0]} rows but {name} has {len(y)} entries; they must describe the "
                          f"same rows (with unpooled sites, positions are folded into rows: repeat the labels "
                          f"per position or pool the site)")
 
@@ -108,7 +108,7 @@ def _check_lengths(X: torch.Tensor, y: Any, name: str = "y") -> None:
 def _to_numpy_1d(v: ArrayLike, what: str) -> np.ndarray:
     a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
     if a.ndim != 1:
-        raise ValueError(f"{what} must be 1-D with one entry per row, got shape {a.shape}")
+        raise InputError(f"{what} must be 1-D with one entry per row, got shape {a.shape}")
     return a
 
 
@@ -142,7 +142,7 @@ def control_labels(y: ArrayLike, types: ArrayLike, seed: int = 0) -> np.ndarray:
     ya = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     t = np.unique(_to_numpy_1d(types, "types"), return_inverse=True)[1].reshape(-1)
     if len(t) != len(ya):
-        raise ValueError(f"types has {len(t)} entries but y has {len(ya)}")
+        raise InputError(f"types has {len(t)} entries but y has {len(ya)}")
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, len(ya), size=t.max() + 1)
     return ya[pick[t]]
@@ -155,7 +155,7 @@ def train_test_split_by_group(n: int, groups: ArrayLike | None = None, test_size
     ``test_size`` is the fraction of groups (of rows without groups) held out; both sides are non-empty.
     """
     if not 0 < test_size < 1:
-        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+        raise InputError(f"test_size must be in (0, 1), got {test_size}")
     rng = np.random.default_rng(seed)
     if groups is None:
         perm = rng.permutation(n)
@@ -163,10 +163,10 @@ def train_test_split_by_group(n: int, groups: ArrayLike | None = None, test_size
         return np.sort(perm[k:]), np.sort(perm[:k])
     g = _to_numpy_1d(groups, "groups")
     if len(g) != n:
-        raise ValueError(f"groups has {len(g)} entries for {n} rows")
+        raise InputError(f"groups has {len(g)} entries for {n} rows")
     uniq, inv = np.unique(g, return_inverse=True)
     if len(uniq) < 2:
-        raise ValueError(f"a split by group needs at least 2 groups, got {len(uniq)}")
+        raise InputError(f"a split by group needs at least 2 groups, got {len(uniq)}")
     perm = rng.permutation(len(uniq))
     k = min(max(1, int(round(test_size * len(uniq)))), len(uniq) - 1)
     test_groups = np.zeros(len(uniq), dtype=bool)
@@ -338,7 +338,7 @@ class _Probe:
         valid = self._param_names()
         for k, v in params.items():
             if k not in valid:
-                raise ValueError(f"invalid parameter {k!r} for {type(self).__name__}; valid: {valid}")
+                raise InputError(f"invalid parameter {k!r} for {type(self).__name__}; valid: {valid}")
             setattr(self, k, v)
         return self
 
@@ -359,7 +359,7 @@ class _Probe:
         self._check_fitted()
         X = _as_features(X)
         if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features but the probe was fitted on {self.n_features_in_}")
+            raise InputError(f"X has {X.shape[1]} features but the probe was fitted on {self.n_features_in_}")
         return X
 
     @property
@@ -374,14 +374,14 @@ class _Probe:
             _check_lengths(X, sample_weight, "sample_weight")
         _check_finite(X)
         if X.shape[0] < 2:
-            raise ValueError(f"need at least 2 rows to fit a probe, got {X.shape[0]}")
+            raise InputError(f"need at least 2 rows to fit a probe, got {X.shape[0]}")
         return X
 
     def _encode_labels(self, y: ArrayLike) -> tuple[np.ndarray, torch.Tensor]:
         ya = _to_numpy_1d(y, "y (class labels)")
         classes, inv = np.unique(ya, return_inverse=True)
         if len(classes) < 2:
-            raise ValueError(f"y has a single class ({classes[0]!r}); a classifier probe needs at least two "
+            raise InputError(f"y has a single class ({classes[0]!r}); a classifier probe needs at least two "
                              f"classes — check the labels or use a regression probe (kind='ridge')")
         return classes, torch.as_tensor(inv.reshape(-1), dtype=torch.long)
 
@@ -396,7 +396,7 @@ class _Probe:
         elif isinstance(class_weight, dict):
             cw = torch.tensor([float(class_weight.get(c, 1.0)) for c in self.classes_], dtype=torch.float64)
         else:
-            raise ValueError(f"class_weight must be None, 'balanced' or a dict {{class: weight}}, got "
+            raise InputError(f"class_weight must be None, 'balanced' or a dict {{class: weight}}, got "
                              f"{class_weight!r}")
         w = cw[yi]
         return w if sw is None else w * sw
@@ -413,12 +413,12 @@ class _Probe:
         if bool(const.any()):
             cols = torch.nonzero(const).flatten().tolist()
             if constant_features == "error":
-                raise ValueError(f"X has {len(cols)} constant feature columns {cols[:20]}"
+                raise InputError(f"X has {len(cols)} constant feature columns {cols[:20]}"
                                  f"{' ...' if len(cols) > 20 else ''}, which cannot be standardised; drop them "
                                  f"(e.g. X[:, X.std(0) > 0]), pass constant_features='ignore' (they are then "
                                  f"left out of the fit) or standardize=False")
             if constant_features != "ignore":
-                raise ValueError(f"constant_features must be 'error' or 'ignore', got {constant_features!r}")
+                raise InputError(f"constant_features must be 'error' or 'ignore', got {constant_features!r}")
             std = torch.where(const, torch.full_like(std, math.inf), std)  # standardised value 0: no effect
         return mean.to(X.dtype), std.to(X.dtype)
 
@@ -522,12 +522,12 @@ class LinearProbe(_Probe):
 
     def _validate_params(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+            raise InputError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.l2 < 0 or (self.kind == "logistic" and self.l2 == 0):
-            raise ValueError(f"l2 must be > 0 for logistic probes (>= 0 for ridge), got {self.l2}; "
+            raise InputError(f"l2 must be > 0 for logistic probes (>= 0 for ridge), got {self.l2}; "
                              f"use a small value such as 1e-4 for a nearly unregularised fit")
         if self.class_weight is not None and not self.is_classifier:
-            raise ValueError(f"class_weight applies to classifiers, not kind={self.kind!r}")
+            raise InputError(f"class_weight applies to classifiers, not kind={self.kind!r}")
 
     # ---- fitting
     def fit(self, X: ArrayLike, y: ArrayLike, groups: ArrayLike | None = None,
@@ -564,7 +564,7 @@ class LinearProbe(_Probe):
             yt = y if isinstance(y, torch.Tensor) else torch.as_tensor(np.asarray(y))
             yt = yt.detach().double()
             if not bool(torch.isfinite(yt).all()):
-                raise ValueError("y has NaN or inf targets; remove those rows before fitting")
+                raise InputError("y has NaN or inf targets; remove those rows before fitting")
             self._y_1d = yt.dim() == 1
             info["y"] = yt.reshape(len(yt), -1)
             info["sw"] = None if sample_weight is None else torch.as_tensor(np.asarray(sample_weight),
@@ -646,7 +646,7 @@ class LinearProbe(_Probe):
                 yield x.double(), yy[i:i + len(x)]
                 i += len(x)
             if i != len(yy):
-                raise ValueError(f"y has {len(yy)} entries but the source gave {i} rows for site '{site}'")
+                raise InputError(f"y has {len(yy)} entries but the source gave {i} rows for site '{site}'")
 
         # pass 1: moments, labels
         n, s1, s2, labels = 0, None, None, []
@@ -657,7 +657,7 @@ class LinearProbe(_Probe):
             n += len(xb)
             labels.append(yb.detach().cpu())
         if n < 2:
-            raise ValueError(f"the source gave {n} rows for site '{site}'; need at least 2")
+            raise InputError(f"the source gave {n} rows for site '{site}'; need at least 2")
         yall = torch.cat(labels)
         mean = s1 / n
         if self.standardize:
@@ -667,7 +667,7 @@ class LinearProbe(_Probe):
             if bool(const.any()):
                 cols = torch.nonzero(const).flatten().tolist()
                 if self.constant_features == "error":
-                    raise ValueError(f"site '{site}' has constant feature columns {cols[:20]}; drop them, pass "
+                    raise InputError(f"site '{site}' has constant feature columns {cols[:20]}; drop them, pass "
                                      f"constant_features='ignore' or standardize=False")
                 std = torch.where(const, torch.full_like(std, math.inf), std)
         else:
@@ -809,18 +809,18 @@ class LinearProbe(_Probe):
                 elif label == classes[0]:
                     v = -coef[0]
                 else:
-                    raise KeyError(f"unknown label {label!r}; classes are {classes}")
+                    raise SiteError(f"unknown label {label!r}; classes are {classes}")
             else:
                 if label is None:
-                    raise ValueError(f"this probe has {len(classes)} classes; say which: direction_(label=...) "
+                    raise InputError(f"this probe has {len(classes)} classes; say which: direction_(label=...) "
                                      f"with one of {classes}")
                 if label not in classes:
-                    raise KeyError(f"unknown label {label!r}; classes are {classes}")
+                    raise SiteError(f"unknown label {label!r}; classes are {classes}")
                 v = coef[classes.index(label)]
         else:
             i = 0 if label is None else int(label)
             if label is None and coef.shape[0] > 1:
-                raise ValueError(f"this probe has {coef.shape[0]} outputs; say which: direction_(label=i)")
+                raise InputError(f"this probe has {coef.shape[0]} outputs; say which: direction_(label=i)")
             v = coef[i]
         v = v.float()
         return v / v.norm().clamp_min(1e-30) if normalize else v
@@ -840,7 +840,7 @@ def fit_many(probes: Sequence[LinearProbe], Xs: Sequence[torch.Tensor], ys: Sequ
     """
     sample_weights = list(sample_weights) if sample_weights is not None else [None] * len(probes)
     if not (len(probes) == len(Xs) == len(ys) == len(sample_weights)):
-        raise ValueError("fit_many needs one X, y (and sample weight) per probe")
+        raise InputError("fit_many needs one X, y (and sample weight) per probe")
     infos = [p._setup(X, y, sw) for p, X, y, sw in zip(probes, Xs, ys, sample_weights)]
     logistic = [i for i, p in enumerate(probes) if p.kind == "logistic"]
     for i, p in enumerate(probes):
@@ -946,10 +946,10 @@ class MLPProbe(_Probe):
             sample_weight: ArrayLike | None = None, control_types: ArrayLike | None = None) -> "MLPProbe":
         """Fit on ``X [N, d]`` and ``y [N]`` (``[N, t]`` targets for a regressor); returns ``self``."""
         if self.task not in ("classifier", "regressor"):
-            raise ValueError(f"task must be 'classifier' or 'regressor', got {self.task!r}")
+            raise InputError(f"task must be 'classifier' or 'regressor', got {self.task!r}")
         acts = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
         if self.activation not in acts:
-            raise ValueError(f"activation must be one of {sorted(acts)}, got {self.activation!r}")
+            raise InputError(f"activation must be one of {sorted(acts)}, got {self.activation!r}")
         X = self._prepare(X, y, sample_weight)
         mean, scale = self._standardize_stats(X, self.standardize, self.constant_features)
         Xs = ((X.float() - mean.float()) / scale.float())
@@ -1036,7 +1036,7 @@ def cross_val_score(probe: _Probe, X: ArrayLike, y: ArrayLike, groups: ArrayLike
         _check_lengths(X, g, "groups")
         uniq, inv = np.unique(g, return_inverse=True)
         if len(uniq) < n_splits:
-            raise ValueError(f"{len(uniq)} groups cannot make {n_splits} folds; lower n_splits")
+            raise InputError(f"{len(uniq)} groups cannot make {n_splits} folds; lower n_splits")
         gf = np.empty(len(uniq), dtype=int)
         gf[rng.permutation(len(uniq))] = np.arange(len(uniq)) % n_splits
         fold_of = gf[inv.reshape(-1)]
@@ -1165,12 +1165,12 @@ def probe_sites(model: Any, data: Any, labels: ArrayLike, sites: Sequence[str] |
     fits = {}
     for s, n_rows in rows_per.items():
         if n_rows % n_inputs:
-            raise ValueError(f"site '{s}' gives {n_rows} feature rows, not a multiple of the {n_inputs} labels; "
+            raise InputError(f"site '{s}' gives {n_rows} feature rows, not a multiple of the {n_inputs} labels; "
                              f"pool the site or give one label per row")
         fits[s] = n_rows // n_inputs
     g_in = (np.arange(n_inputs) if groups is None else _to_numpy_1d(groups, "groups"))
     if len(g_in) != n_inputs:
-        raise ValueError(f"groups has {len(g_in)} entries for {n_inputs} inputs")
+        raise InputError(f"groups has {len(g_in)} entries for {n_inputs} inputs")
     if control_types is not None:
         t_in = _to_numpy_1d(control_types, "control_types")
     elif groups is not None:

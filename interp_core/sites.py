@@ -45,6 +45,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .errors import InputError, InputTypeError, SiteError
+
 AXIS_ROLES = ("batch", "pos", "head", "feature")
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 
@@ -84,15 +86,15 @@ class Site:
 
     def __post_init__(self) -> None:
         if self.kind not in ("output", "input", "virtual"):
-            raise ValueError(f"site {self.name!r}: kind must be 'output', 'input' or 'virtual', got {self.kind!r}")
+            raise InputError(f"site {self.name!r}: kind must be 'output', 'input' or 'virtual', got {self.kind!r}")
         if self.kind == "virtual" and self.attach is None:
-            raise ValueError(f"virtual site {self.name!r} needs an attach(root, fn) function")
+            raise InputError(f"virtual site {self.name!r} needs an attach(root, fn) function")
         if self.axes is not None:
             bad = [a for a in self.axes if a not in AXIS_ROLES]
             if bad:
-                raise ValueError(f"site {self.name!r}: unknown axis roles {bad}; roles are {AXIS_ROLES}")
+                raise InputError(f"site {self.name!r}: unknown axis roles {bad}; roles are {AXIS_ROLES}")
             if self.axes.count("batch") != 1:
-                raise ValueError(f"site {self.name!r}: axes {self.axes} must contain exactly one 'batch' axis")
+                raise InputError(f"site {self.name!r}: axes {self.axes} must contain exactly one 'batch' axis")
 
     def with_(self, **changes: Any) -> "Site":
         """A copy with some fields changed (sites are immutable)."""
@@ -101,7 +103,7 @@ class Site:
     def dims(self, role: str) -> tuple[int, ...]:
         """Indices of the axes with a given role, e.g. ``site.dims("pos") == (2, 3)`` for a CNN block."""
         if self.axes is None:
-            raise ValueError(f"site {self.name!r} has unknown axes; run a forward first or set them explicitly")
+            raise InputError(f"site {self.name!r} has unknown axes; run a forward first or set them explicitly")
         return tuple(i for i, a in enumerate(self.axes) if a == role)
 
 
@@ -144,21 +146,21 @@ class SiteTable:
 
     def __getitem__(self, name: str) -> Site:
         if not isinstance(name, str):
-            raise TypeError(f"site names are strings, got {type(name).__name__}")
+            raise InputTypeError(f"site names are strings, got {type(name).__name__}")
         site = self._sites.get(name)
         if site is not None:
             return site
         if name in self._reused:
             calls = ", ".join(f"'{name}#{i}'" for i in range(self._reused[name]))
-            raise KeyError(
+            raise SiteError(
                 f"module '{name}' runs {self._reused[name]} times per forward, so its output is not one "
                 f"activation; ask for one call: {calls}")
         if name in self._idle:
-            raise KeyError(f"module '{name}' did not run in the traced forward (the model skips it, e.g. a "
+            raise SiteError(f"module '{name}' did not run in the traced forward (the model skips it, e.g. a "
                            f"dropout bypassed by fused attention), so it has no activation")
         close = difflib.get_close_matches(name, list(self._sites), n=3, cutoff=0.5)
         hint = ", ".join(f"'{c}'" for c in close) if close else "none"
-        raise KeyError(f"unknown site '{name}'; closest: {hint} (HookedModel.sites lists all {len(self)})")
+        raise SiteError(f"unknown site '{name}'; closest: {hint} (HookedModel.sites lists all {len(self)})")
 
     def __contains__(self, name: object) -> bool:
         return name in self._sites
@@ -180,7 +182,7 @@ class SiteTable:
         """Site names matching a shell-style pattern, in model order: ``sites.matching("layer*.?")``."""
         found = [n for n in self._sites if fnmatch.fnmatchcase(n, pattern)]
         if not found:
-            raise KeyError(f"no site matches {pattern!r}; examples of site names: {self.names[:5]}")
+            raise SiteError(f"no site matches {pattern!r}; examples of site names: {self.names[:5]}")
         return found
 
     def table(self) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import InputError, InputTypeError
 from .hooked import HookedModel, Inputs, call_model
 from .interventions import Steer
 
@@ -39,7 +40,7 @@ def _hooked(model: Any) -> HookedModel:
         return model
     if isinstance(model, torch.nn.Module):
         return HookedModel(model)
-    raise TypeError(f"expected a HookedModel or an nn.Module, got {type(model).__name__}")
+    raise InputTypeError(f"expected a HookedModel or an nn.Module, got {type(model).__name__}")
 
 
 def _batches(inputs: Inputs, batch_size: int | None) -> list[Inputs]:
@@ -60,7 +61,7 @@ def mean_features(model: Any, inputs: Inputs, site: str, pool: Any = "mean",
             total = rows.sum(0) if total is None else total + rows.sum(0)
             count += rows.shape[0]
     if not count:
-        raise ValueError(f"no activation rows at site '{site}': the inputs are empty")
+        raise InputError(f"no activation rows at site '{site}': the inputs are empty")
     return (total / count).float()
 
 
@@ -83,7 +84,7 @@ def diff_means(model: Any, inputs_a: Inputs, inputs_b: Inputs, site: str, pool: 
     if normalize:
         n = float(v.norm())
         if n == 0:
-            raise ValueError(f"the two groups have identical mean activations at site '{site}'; there is no "
+            raise InputError(f"the two groups have identical mean activations at site '{site}'; there is no "
                              f"direction to normalise")
         v = v / n
     return v
@@ -92,7 +93,7 @@ def diff_means(model: Any, inputs_a: Inputs, inputs_b: Inputs, site: str, pool: 
 def probe_direction(probe: Any, label: Any = None, normalize: bool = True) -> torch.Tensor:
     """The direction ``[d]`` of a fitted linear probe for ``label`` (original feature space)."""
     if not hasattr(probe, "direction_"):
-        raise TypeError(f"{type(probe).__name__} has no direction_; use interp_core.probes.LinearProbe")
+        raise InputTypeError(f"{type(probe).__name__} has no direction_; use interp_core.probes.LinearProbe")
     return probe.direction_(label=label, normalize=normalize)
 
 
@@ -126,7 +127,7 @@ class SteeringResult:
         """Least-squares slope of the mean metric against alpha (the linear effect of the direction)."""
         a = np.asarray(self.alphas, dtype=float)
         if len(a) < 2:
-            raise ValueError("a slope needs at least two alphas")
+            raise InputError("a slope needs at least two alphas")
         return float(np.polyfit(a, self.mean, 1)[0])
 
     @property
@@ -184,14 +185,14 @@ def steering_sweep(model: Any, inputs: Inputs, site: str, direction: Any, alphas
     site_obj = hm.sites[site]  # helpful KeyError for unknown names
     v = torch.as_tensor(direction).detach().float().reshape(-1)
     if not bool(torch.isfinite(v).all()):
-        raise ValueError("the steering direction has NaN or inf entries")
+        raise InputError("the steering direction has NaN or inf entries")
     if normalize:
         v = v / v.norm().clamp_min(1e-30)
     if runner is None and inputs is None:
-        raise ValueError("give inputs= to run, or runner=(hm, interventions) -> output for closed-loop runs")
+        raise InputError("give inputs= to run, or runner=(hm, interventions) -> output for closed-loop runs")
     alphas = [float(a) for a in alphas]
     if not alphas:
-        raise ValueError("alphas is empty; give at least one steering strength")
+        raise InputError("alphas is empty; give at least one steering strength")
     rows = []
     for a in alphas:
         ivs = {site_obj.name: Steer(v, alpha=a, positions=positions)}
@@ -209,13 +210,13 @@ def steering_sweep(model: Any, inputs: Inputs, site: str, direction: Any, alphas
                 m = metric(out)
                 m = torch.as_tensor(m)
                 if m.dim() != 1:
-                    raise ValueError(f"metric returned shape {tuple(m.shape)}; it must return one number per "
+                    raise InputError(f"metric returned shape {tuple(m.shape)}; it must return one number per "
                                      f"example, a 1-D Tensor[batch] (e.g. out[:, i] - out[:, j])")
                 vals.append(m.detach().double().cpu())
         rows.append(torch.cat(vals).numpy())
     sizes = {len(r) for r in rows}
     if len(sizes) != 1:
-        raise ValueError(f"metric returned different numbers of values across alphas {sorted(sizes)}")
+        raise InputError(f"metric returned different numbers of values across alphas {sorted(sizes)}")
     config = {"alphas": alphas, "positions": repr(positions), "normalize": normalize,
               "direction_norm": float(v.norm()), "metric": getattr(metric, "__name__", "metric"),
               "closed_loop": runner is not None}

@@ -41,13 +41,14 @@ from tqdm.auto import tqdm
 from .axes import PoolSpec, to_rows
 from .axes import pool as pool_tensor
 from .cache import ActivationCache
+from .errors import InputError, InputTypeError, SiteError, StoreError
 
 MANIFEST = "manifest.json"
 LABELS = "__labels__"
 FORMAT_VERSION = 1
 
 
-class CorruptShardError(IOError):
+class CorruptShardError(StoreError):
     """A shard's bytes do not match the checksum recorded in the manifest."""
 
 
@@ -124,7 +125,7 @@ def _memmap_safetensors(path: Path, key: str) -> np.ndarray:
         header = json.loads(f.read(n))
     info = header[key]
     if info["dtype"] not in _NP_DTYPES:
-        raise TypeError(f"{path}: dtype {info['dtype']} cannot be memory-mapped by numpy; store float32/16")
+        raise InputTypeError(f"{path}: dtype {info['dtype']} cannot be memory-mapped by numpy; store float32/16")
     start, end = info["data_offsets"]
     shape = tuple(info["shape"])
     if end == start:
@@ -173,7 +174,7 @@ class ActivationStore:
         if path is not None and (Path(path) / MANIFEST).exists() and resume:
             store = cls(path)
             if store.manifest.get("settings") != json.loads(json.dumps(settings)):
-                raise ValueError(f"the store at {path} was made with settings {store.manifest.get('settings')}, "
+                raise InputError(f"the store at {path} was made with settings {store.manifest.get('settings')}, "
                                  f"not {settings}; use another path or resume=False to start over")
             if store.manifest["complete"]:
                 return store
@@ -214,7 +215,7 @@ class ActivationStore:
                     if self.manifest.get("fingerprint") is None:
                         self.manifest["fingerprint"] = fp
                     elif fp != self.manifest["fingerprint"]:
-                        raise ValueError("the data's first batch differs from the one this store started with; "
+                        raise InputError("the data's first batch differs from the one this store started with; "
                                          "resuming needs the same data in the same order (or resume=False)")
                 if i < done:
                     continue
@@ -283,7 +284,7 @@ class ActivationStore:
 
     def _check_site(self, name: str) -> None:
         if name not in self.manifest["sites"]:
-            raise KeyError(f"site '{name}' is not in this store; stored: {self.site_names}")
+            raise SiteError(f"site '{name}' is not in this store; stored: {self.site_names}")
 
     def axes(self, name: str) -> tuple[str, ...]:
         self._check_site(name)
@@ -321,7 +322,7 @@ class ActivationStore:
     def labels(self) -> torch.Tensor:
         """The labels stored with the inputs (batches given as ``(inputs, labels)``)."""
         if not self.manifest["shards"] or LABELS not in self.manifest["shards"][0]["rows"]:
-            raise KeyError("this store has no labels; pass batches as (inputs, labels) to collect them")
+            raise SiteError("this store has no labels; pass batches as (inputs, labels) to collect them")
         return torch.cat([self.load_shard(k)[LABELS] for k in range(self.num_shards)])
 
     def features(self, name: str, pool: PoolSpec = None) -> torch.Tensor:
@@ -379,7 +380,7 @@ class ActivationStore:
                 rows["labels"] = torch.cat([sh[LABELS] for sh in shards])
             counts = {v.shape[0] for v in rows.values()}
             if len(counts) != 1:
-                raise ValueError(f"sites {names} give different numbers of rows per example {sorted(counts)}; "
+                raise InputError(f"sites {names} give different numbers of rows per example {sorted(counts)}; "
                                  f"pool them alike")
             total = counts.pop()
             idx = torch.randperm(total, generator=g) if shuffle else torch.arange(total)

@@ -30,6 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .axes import PoolSpec, feature_last
+from .errors import InputError, InputTypeError
 from .interventions import Replace
 from .results import Result
 from .similarity._arrays import ArrayLike, as_pair
@@ -91,7 +92,7 @@ def match_units(X: ArrayLike, Y: ArrayLike, method: Literal["hungarian", "max"] 
     elif method == "max":
         ia, ib = np.arange(C.shape[0]), S.argmax(1)
     else:
-        raise ValueError(f"method must be 'hungarian' or 'max', got {method!r}")
+        raise InputError(f"method must be 'hungarian' or 'max', got {method!r}")
     return UnitMatch(ia, ib, S[ia, ib], method)
 
 
@@ -229,7 +230,7 @@ def _logits(out: Any) -> torch.Tensor:
         return out[0]
     if isinstance(out, dict) and "logits" in out:
         return out["logits"]
-    raise TypeError(f"cannot read logits from a model output of type {type(out).__name__}; pass output_fn=")
+    raise InputTypeError(f"cannot read logits from a model output of type {type(out).__name__}; pass output_fn=")
 
 
 def _split_xy(batch: Any) -> tuple[Any, torch.Tensor | None]:
@@ -257,7 +258,7 @@ class _Stitched:
         def replace(act: torch.Tensor, site: Any) -> torch.Tensor:
             flat_b, restore = feature_last(act, site.axes)
             if src.shape[:-1] != flat_b.shape[:-1]:
-                raise ValueError(f"stitching {self.site_a} -> {self.site_b}: A's activation has positions "
+                raise InputError(f"stitching {self.site_a} -> {self.site_b}: A's activation has positions "
                                  f"{tuple(src.shape[:-1])} but B's has {tuple(flat_b.shape[:-1])}; stitch sites "
                                  f"with the same batch and position layout")
             return restore(self.layer(src.to(act.dtype)))
@@ -295,14 +296,14 @@ def stitch(model_a: Any, site_a: str, model_b: Any, site_b: str, train_data: Ite
     """
     train, test = list(train_data), list(test_data)
     if not train or not test:
-        raise ValueError("stitch needs non-empty train_data and test_data")
+        raise InputError("stitch needs non-empty train_data and test_data")
     torch.manual_seed(seed)
 
     def targets(batch: Any) -> torch.Tensor:
         x, y = _split_xy(batch)
         if target == "labels":
             if y is None:
-                raise ValueError("target='labels' needs batches (inputs, labels); use target='model_b' otherwise")
+                raise InputError("target='labels' needs batches (inputs, labels); use target='model_b' otherwise")
             return y
         with torch.no_grad():
             return output_fn(model_b(x)).argmax(-1)
@@ -321,7 +322,7 @@ def stitch(model_a: Any, site_a: str, model_b: Any, site_b: str, train_data: Ite
         fb = feature_last(cb[site_b], cb.axes(site_b))[0]
         fb = fb.reshape(-1, fb.shape[-1])
         if fa.shape[0] != fb.shape[0]:
-            raise ValueError(f"stitching {site_a} -> {site_b}: {fa.shape[0]} rows (batch x positions) at A but "
+            raise InputError(f"stitching {site_a} -> {site_b}: {fa.shape[0]} rows (batch x positions) at A but "
                              f"{fb.shape[0]} at B; stitch sites with the same position layout")
         fa, fb = fa.double(), fb.double()
         if xtx is None:

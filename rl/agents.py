@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from interp_core import HookedModel
+from interp_core.errors import InputError, InputTypeError, SiteError
 from interp_core.sites import Site
 
 State = tuple[torch.Tensor, ...]
@@ -185,10 +186,10 @@ class SB3PolicyModule(_PolicyModuleBase):
         from stable_baselines3.common.policies import ActorCriticPolicy
 
         if not isinstance(policy, ActorCriticPolicy):
-            raise TypeError(f"SB3PolicyModule wraps a stable-baselines3 ActorCriticPolicy, got "
+            raise InputTypeError(f"SB3PolicyModule wraps a stable-baselines3 ActorCriticPolicy, got "
                             f"{type(policy).__name__}; pass model.policy for an algorithm object")
         if not isinstance(policy.action_space, spaces.Discrete):
-            raise TypeError(f"only discrete action spaces are supported (logits); got {policy.action_space}")
+            raise InputTypeError(f"only discrete action spaces are supported (logits); got {policy.action_space}")
         self.net = policy
         self.recurrent = hasattr(policy, "lstm_actor")
         self.n_actions = int(policy.action_space.n)
@@ -231,7 +232,7 @@ class SB3PolicyModule(_PolicyModuleBase):
         elif tuple(t.shape[1:]) == eshape:
             t = t.permute(0, 3, 1, 2)
         else:
-            raise ValueError(f"observation of shape {tuple(t.shape)} fits neither the policy's "
+            raise InputError(f"observation of shape {tuple(t.shape)} fits neither the policy's "
                              f"[batch, {', '.join(map(str, pshape))}] nor the env's "
                              f"[batch, {', '.join(map(str, eshape))}]")
         return preprocess_obs(t, self.net.observation_space, normalize_images=self.net.normalize_images).float()
@@ -268,7 +269,7 @@ class SB3PolicyModule(_PolicyModuleBase):
             if state is None:
                 state = self.initial_state(batch)
             if state[0].shape[1] != batch:
-                raise ValueError(f"recurrent state has batch {state[0].shape[1]} but the observation batch is "
+                raise InputError(f"recurrent state has batch {state[0].shape[1]} but the observation batch is "
                                  f"{batch}; use agent.initial_state({batch})")
             state = _mask_state(state, episode_start, batch_dim=1)
             with _plain_rnn_kernels():
@@ -311,17 +312,17 @@ class PlainPolicyModule(_PolicyModuleBase):
         super().__init__()
         missing = [a for a in ("encoder", "actor") if not isinstance(getattr(policy, a, None), nn.Module)]
         if missing:
-            raise TypeError(f"a plain policy needs nn.Module attributes 'encoder' and 'actor' (optional "
+            raise InputTypeError(f"a plain policy needs nn.Module attributes 'encoder' and 'actor' (optional "
                             f"'memory', 'critic'); {type(policy).__name__} lacks {missing}. See rl.agents' "
                             "module docstring for the protocol, or wrap an SB3 policy instead")
         self.net = policy
         self.obs_shape = tuple(obs_shape)
         memory = getattr(policy, "memory", None)
         if memory is not None and not isinstance(memory, (nn.GRUCell, nn.LSTMCell, nn.GRU, nn.LSTM)):
-            raise TypeError(f"policy.memory must be nn.GRUCell, nn.LSTMCell, nn.GRU or nn.LSTM, got "
+            raise InputTypeError(f"policy.memory must be nn.GRUCell, nn.LSTMCell, nn.GRU or nn.LSTM, got "
                             f"{type(memory).__name__}")
         if isinstance(memory, (nn.GRU, nn.LSTM)) and memory.num_layers != 1:
-            raise TypeError(f"policy.memory as nn.GRU / nn.LSTM must have one layer, got {memory.num_layers}")
+            raise InputTypeError(f"policy.memory as nn.GRU / nn.LSTM must have one layer, got {memory.num_layers}")
         self.memory = memory
         self.recurrent = memory is not None
         self.is_lstm = isinstance(memory, (nn.LSTMCell, nn.LSTM))
@@ -346,7 +347,7 @@ class PlainPolicyModule(_PolicyModuleBase):
         if tuple(t.shape) == self.obs_shape:
             t = t.unsqueeze(0)
         if tuple(t.shape[1:]) != self.obs_shape:
-            raise ValueError(f"observation of shape {tuple(t.shape)} does not fit [batch, "
+            raise InputError(f"observation of shape {tuple(t.shape)} does not fit [batch, "
                              f"{', '.join(map(str, self.obs_shape))}]")
         pre = getattr(self.net, "preprocess", None)
         return pre(t) if callable(pre) else t
@@ -465,7 +466,7 @@ class Agent(HookedModel):
     def make_env(self, **overrides: Any):
         """A fresh world-recording env of the agent's env id (see :func:`rl.envs.make`)."""
         if self.env_id is None:
-            raise ValueError("this agent has no env_id; pass Agent(..., env_id=...) or build the env yourself")
+            raise InputError("this agent has no env_id; pass Agent(..., env_id=...) or build the env yourself")
         from . import envs
 
         return envs.make(self.env_id, **{**self.env_kwargs, **overrides})
@@ -474,7 +475,7 @@ class Agent(HookedModel):
         """The index of an action given by index or by name (``"toggle"``)."""
         if isinstance(action, str):
             if action not in self.action_names:
-                raise KeyError(f"unknown action {action!r}; this agent's actions are {self.action_names}")
+                raise SiteError(f"unknown action {action!r}; this agent's actions are {self.action_names}")
             return self.action_names.index(action)
         return int(action)
 
@@ -525,8 +526,26 @@ def wrap(policy: Any, env_id: str | None = None, obs_shape: Sequence[int] | None
         return Agent(SB3PolicyModule(policy), env_id=env_id, **kwargs)
     if isinstance(policy, nn.Module):
         if obs_shape is None:
-            raise ValueError("wrapping a plain nn.Module policy needs obs_shape= (the per-example observation "
+            raise InputError("wrapping a plain nn.Module policy needs obs_shape= (the per-example observation "
                              "shape)")
         return Agent(PlainPolicyModule(policy, obs_shape), env_id=env_id, **kwargs)
-    raise TypeError(f"cannot wrap a {type(policy).__name__}: expected an SB3 algorithm or ActorCriticPolicy, "
+    raise InputTypeError(f"cannot wrap a {type(policy).__name__}: expected an SB3 algorithm or ActorCriticPolicy, "
                     "or an nn.Module following rl.agents' plain-policy protocol")
+
+
+def claim(obj: Any) -> Any:
+    """The ``interp_suite.adapters`` entry point: policies become :class:`Agent` objects (priority 20, above
+    the vision adapters, since an SB3 CNN policy is also a conv net); anything else is not claimed."""
+    if isinstance(obj, _PolicyModuleBase):
+        adapter = PolicyAdapter()
+        adapter.priority = 20
+        return adapter
+    try:
+        from stable_baselines3.common.policies import ActorCriticPolicy
+    except ImportError:  # the rl extra is not installed
+        return None
+    if isinstance(obj, ActorCriticPolicy) or isinstance(getattr(obj, "policy", None), ActorCriticPolicy):
+        agent = wrap(obj)
+        agent.priority = 20
+        return agent
+    return None

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from interp_core.errors import InputError, InputIndexError, InputTypeError, SiteError
 from interp_core.metrics import Metric
 
 MINIGRID_ACTIONS = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
@@ -39,7 +40,7 @@ def _logits(output: Any) -> torch.Tensor:
         return output["logits"]
     if isinstance(output, (tuple, list)):
         return output[0]
-    raise TypeError(f"cannot find action logits in a {type(output).__name__}; pass a PolicyOutput, a logits "
+    raise InputTypeError(f"cannot find action logits in a {type(output).__name__}; pass a PolicyOutput, a logits "
                     "tensor or a (logits, value) tuple")
 
 
@@ -47,7 +48,7 @@ def _index(action: Any, names: Sequence[str] | None) -> int | torch.Tensor:
     if isinstance(action, str):
         table = list(names) if names is not None else list(MINIGRID_ACTIONS)
         if action not in table:
-            raise KeyError(f"unknown action {action!r}; known actions: {table} (pass names=agent.action_names)")
+            raise SiteError(f"unknown action {action!r}; known actions: {table} (pass names=agent.action_names)")
         return table.index(action)
     if isinstance(action, torch.Tensor) and action.dim() == 1:
         return action.long()
@@ -57,10 +58,10 @@ def _index(action: Any, names: Sequence[str] | None) -> int | torch.Tensor:
 def _pick(z: torch.Tensor, a: int | torch.Tensor) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         if a.shape[0] != z.shape[0]:
-            raise ValueError(f"{a.shape[0]} actions for a batch of {z.shape[0]}")
+            raise InputError(f"{a.shape[0]} actions for a batch of {z.shape[0]}")
         return z.gather(1, a.to(z.device)[:, None])[:, 0]
     if not 0 <= a < z.shape[-1]:
-        raise IndexError(f"action {a} out of range for {z.shape[-1]} actions")
+        raise InputIndexError(f"action {a} out of range for {z.shape[-1]} actions")
     return z[:, a]
 
 
@@ -101,6 +102,6 @@ def value() -> Metric:
         elif isinstance(out, (tuple, list)) and len(out) > 1:
             v = out[1]
         else:
-            raise TypeError(f"no value in a {type(out).__name__}; value() needs a PolicyOutput or (logits, value)")
+            raise InputTypeError(f"no value in a {type(out).__name__}; value() needs a PolicyOutput or (logits, value)")
         return v.reshape(v.shape[0], -1)[:, 0]
     return Metric(fn, "value")

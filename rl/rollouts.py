@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from interp_core import ActivationCache, ActivationStore
+from interp_core.errors import InputError, SiteError
 
 from .envs import Variable, find_world_wrapper
 
@@ -86,13 +87,13 @@ class Rollout:
         for v in self.variables:
             if v.name == name:
                 return v
-        raise KeyError(f"unknown world variable {name!r}; recorded: {[v.name for v in self.variables]}")
+        raise SiteError(f"unknown world variable {name!r}; recorded: {[v.name for v in self.variables]}")
 
     def features(self, site: str, pool: Any = None) -> torch.Tensor:
         """``[N, d]`` activation rows of ``site`` (one per time step; pooled over positions if asked,
         positions flattened into ``d`` otherwise, so rows stay aligned with time steps)."""
         if self.activations is None:
-            raise ValueError("this rollout recorded no activations; collect(..., sites=[...])")
+            raise InputError("this rollout recorded no activations; collect(..., sites=[...])")
         if pool is not None:
             return self.activations.features(site, pool=pool)
         t = self.activations[site] if isinstance(self.activations, ActivationCache) else self.activations[site]
@@ -198,7 +199,7 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
         env_kwargs: keyword arguments for the env constructor; reset_options: passed to every ``reset``.
     """
     if (steps is None) == (episodes is None):
-        raise ValueError("give exactly one of steps= (time steps) or episodes= (complete episodes)")
+        raise InputError("give exactly one of steps= (time steps) or episodes= (complete episodes)")
     sites = [sites] if isinstance(sites, str) else list(sites)
     for s in sites:
         agent.sites[s]  # raises a helpful KeyError for unknown names
@@ -372,16 +373,16 @@ def _make_envs(agent: Any, env: Any, n_envs: int, env_kwargs: Mapping[str, Any] 
     from . import envs as envs_mod
 
     if n_envs < 1:
-        raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+        raise InputError(f"n_envs must be >= 1, got {n_envs}")
     if env is None or isinstance(env, str):
         env_id = env if isinstance(env, str) else getattr(agent, "env_id", None)
         if env_id is None:
-            raise ValueError("the agent has no env id; pass env= (an id or a world-recording env)")
+            raise InputError("the agent has no env id; pass env= (an id or a world-recording env)")
         kwargs = dict(getattr(agent, "env_kwargs", {}) if env is None or env == agent.env_id else {})
         kwargs.update(env_kwargs or {})
         return [envs_mod.make(env_id, **kwargs) for _ in range(n_envs)]
     if n_envs != 1:
-        raise ValueError("n_envs > 1 needs an env id (so copies can be built), not an env instance")
+        raise InputError("n_envs > 1 needs an env id (so copies can be built), not an env instance")
     find_world_wrapper(env)
     return [env]
 

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from interp_core.errors import InputError, SiteError
 from interp_core.results import Result, jsonable
 
 from .rollouts import Rollout, collect, replay
@@ -132,7 +133,7 @@ class WorldModelProbeResult(Result):
         for r in self.rows:
             if r["site"] == site and r["variable"] == variable and r["k"] == k:
                 return r
-        raise KeyError(f"no row for site={site!r}, variable={variable!r}, k={k}; have "
+        raise SiteError(f"no row for site={site!r}, variable={variable!r}, k={k}; have "
                        f"{sorted({(r['site'], r['variable'], r['k']) for r in self.rows})}")
 
     def probe_of(self, site: str, variable: str, k: int = 0) -> Any:
@@ -484,7 +485,7 @@ def causal_check(agents: Any, site: str, variable: str, *, target: Any = "flip",
     from interp_core.probes import LinearProbe
 
     if direction not in ("probe", "mean_diff"):
-        raise ValueError(f"direction must be 'probe' or 'mean_diff', got {direction!r}")
+        raise InputError(f"direction must be 'probe' or 'mean_diff', got {direction!r}")
     agent_list = list(agents) if isinstance(agents, (list, tuple)) else [agents]
     units = []
     base_success = []
@@ -495,7 +496,7 @@ def causal_check(agents: Any, site: str, variable: str, *, target: Any = "flip",
         y = np.asarray(ro.world[variable])[mask]
         classes = np.unique(y)
         if classes.size != 2:
-            raise ValueError(f"causal_check edits binary variables; {variable!r} takes {classes.size} values "
+            raise InputError(f"causal_check edits binary variables; {variable!r} takes {classes.size} values "
                              f"on the probe rows ({classes.tolist()})")
         p = LinearProbe("logistic", l2=l2, standardize=False, max_iter=1000).fit(X, y)
         neg, pos = p.classes_.tolist()
@@ -513,7 +514,7 @@ def causal_check(agents: Any, site: str, variable: str, *, target: Any = "flip",
             src = src if src in m else (neg if abs(src - neg) < abs(src - pos) else pos)
             tgt = (pos if src == neg else neg) if target == "flip" else target
             if tgt not in m:
-                raise ValueError(f"target {tgt!r} is not a class of {variable!r} ({[neg, pos]})")
+                raise InputError(f"target {tgt!r} is not a class of {variable!r} ({[neg, pos]})")
             return m[src] + strength * (m[tgt] - m[src]), tgt == pos
 
         d_site = u.numel()

@@ -33,6 +33,7 @@ from torch import nn
 
 from interp_core import HookedModel
 from interp_core.attribution import INPUT_METHODS, AttributionResult, attribute
+from interp_core.errors import InputError
 from interp_core.results import Result
 
 from .vit import patch_grid
@@ -103,11 +104,11 @@ def tokens_to_grid(values: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """Per-token values ``[batch, N]`` → ``[batch, rows, cols]`` on the patch grid (prefix tokens dropped)."""
     grid = patch_grid(model)
     if grid is None:
-        raise ValueError(f"{type(model).__name__} has no patch_embed.grid_size; cannot place tokens on a grid")
+        raise InputError(f"{type(model).__name__} has no patch_embed.grid_size; cannot place tokens on a grid")
     n_prefix = int(getattr(model, "num_prefix_tokens", 0))
     rows, cols = grid
     if values.shape[-1] != n_prefix + rows * cols:
-        raise ValueError(f"{values.shape[-1]} tokens do not match {n_prefix} prefix tokens + a {rows}x{cols} "
+        raise InputError(f"{values.shape[-1]} tokens do not match {n_prefix} prefix tokens + a {rows}x{cols} "
                          f"patch grid")
     return values[:, n_prefix:].reshape(values.shape[0], rows, cols)
 
@@ -136,7 +137,7 @@ def attribution_map(model: Any, images: torch.Tensor, method: str = "integrated_
     """
     hm = _hooked(model)
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ValueError(f"images must be a tensor [batch, C, H, W], got "
+        raise InputError(f"images must be a tensor [batch, C, H, W], got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
     if target is None and metric is None:
         with torch.no_grad(), hm.evaluating():
@@ -145,7 +146,7 @@ def attribution_map(model: Any, images: torch.Tensor, method: str = "integrated_
     size = tuple(images.shape[-2:])
     if key in ("gradcam", "grad_cam", "layer_gradcam"):
         if site is None:
-            raise ValueError("Grad-CAM needs site= (a CNN block such as 'layer4.1' or a ViT token site such as "
+            raise InputError("Grad-CAM needs site= (a CNN block such as 'layer4.1' or a ViT token site such as "
                              "'blocks.5.resid_post')")
         hm._ensure_traced(images[:1])
         axes = hm.sites[site].axes
@@ -157,18 +158,18 @@ def attribution_map(model: Any, images: torch.Tensor, method: str = "integrated_
         else:
             res = attribute(hm, images, "layer_gradcam", site=site, target=target, metric=metric, **kwargs)
             if sum(a == "pos" for a in res.axes) != 2:
-                raise ValueError(f"site '{site}' gives a Grad-CAM map with axes {res.axes}; it needs two "
+                raise InputError(f"site '{site}' gives a Grad-CAM map with axes {res.axes}; it needs two "
                                  f"spatial axes (a CNN block) or a ViT token site (batch, pos, feature)")
             grid = res.attributions
             maps = _upsample(grid, size)
         name = "gradcam"
     else:
         if site is not None:
-            raise ValueError(f"{method} attributes to the input pixels; drop site= or use method='gradcam'")
+            raise InputError(f"{method} attributes to the input pixels; drop site= or use method='gradcam'")
         res = attribute(hm, images, method, target=target, metric=metric,
                         input_axes=("batch", "feature", "pos", "pos"), **kwargs)
         if res.method not in INPUT_METHODS:
-            raise ValueError(f"method {method!r} is not an image attribution method; use one of "
+            raise InputError(f"method {method!r} is not an image attribution method; use one of "
                              f"{list(INPUT_METHODS) + ['gradcam']}")
         a = res.attributions
         maps = (a.abs() if abs else a).sum(dim=1)
@@ -223,7 +224,7 @@ def attention_rollout(model: Any, images: torch.Tensor, head_fusion: str = "mean
     if blocks is not None:
         names = [f"blocks.{i}.attn.pattern" for i in blocks]
     if getattr(hm.model, "cls_token", None) is None:
-        raise ValueError("attention rollout reads the CLS token's row; this model has no CLS token")
+        raise InputError("attention rollout reads the CLS token's row; this model has no CLS token")
     with torch.no_grad(), hm.evaluating():
         _, cache = hm.run_with_cache(images, sites=names, interventions=interventions)
     rollout = None
@@ -236,7 +237,7 @@ def attention_rollout(model: Any, images: torch.Tensor, head_fusion: str = "mean
         elif head_fusion == "min":
             a = p.amin(1)
         else:
-            raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
+            raise InputError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
         if residual:
             a = 0.5 * a + 0.5 * torch.eye(a.shape[-1], dtype=a.dtype)
         a = a / a.sum(-1, keepdim=True)
@@ -379,7 +380,7 @@ def randomization_test(model: Any, images: torch.Tensor, method: str = "saliency
     modules = dict(net.named_modules())
     unknown = [n for n in names if n not in modules]
     if unknown:
-        raise ValueError(f"steps {unknown} are not module paths of the model")
+        raise InputError(f"steps {unknown} are not module paths of the model")
     owners = _param_modules(net)
     from .loading import wrap
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from interp_core.errors import InputError, InputIndexError
+
 __all__ = [
     "DIGITS_MEAN", "DIGITS_STD", "ImageDataset", "digits", "digits_tensors",
     "ShapesDataset", "shapes", "SHAPE_NAMES", "COLOUR_NAMES", "COLOURS",
@@ -47,9 +49,9 @@ class ImageDataset(Dataset):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None = None,
                  name: str = "images"):
         if images.ndim != 4:
-            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+            raise InputError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
         if labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must be [N] with N={images.shape[0]}, got shape {tuple(labels.shape)}")
+            raise InputError(f"labels must be [N] with N={images.shape[0]}, got shape {tuple(labels.shape)}")
         self.images = images
         self.labels = labels
         self.indices = indices if indices is not None else torch.arange(images.shape[0])
@@ -95,9 +97,9 @@ def digits(split: Literal["train", "test", "all"] = "train", size: int = 8, norm
         mode: interpolation mode for upscaling (``"bilinear"``, ``"nearest"``, ``"bicubic"``).
     """
     if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+        raise InputError(f"split must be 'train', 'test' or 'all', got {split!r}")
     if not isinstance(size, int) or size < 8:
-        raise ValueError(f"size must be an int >= 8 (native digits are 8x8), got {size!r}")
+        raise InputError(f"size must be an int >= 8 (native digits are 8x8), got {size!r}")
     images, labels, train_idx, test_idx = _digits_split()
     idx = {"train": train_idx, "test": test_idx, "all": np.arange(len(labels))}[split]
     x = torch.from_numpy(images[idx]).unsqueeze(1)  # [N, 1, 8, 8]
@@ -160,7 +162,7 @@ class ShapesDataset(Dataset):
         self.min_size = max(2, round(s * 0.12))
         self.max_size = max(self.min_size, round(s * 0.25))
         if 2 * (self.margin + self.max_size) >= s:
-            raise ValueError(f"image_size={s} is too small for shapes with mark_size={m}; use image_size >= "
+            raise InputError(f"image_size={s} is too small for shapes with mark_size={m}; use image_size >= "
                              f"{2 * (self.margin + self.max_size) + 1} or a smaller mark")
         self._factors: dict[str, torch.Tensor] | None = None
 
@@ -172,7 +174,7 @@ class ShapesDataset(Dataset):
 
     def _sample(self, index: int) -> tuple[dict[str, float | int], np.random.Generator]:
         if not 0 <= index < self.config.n:
-            raise IndexError(f"index {index} out of range for a shapes dataset of n={self.config.n}")
+            raise InputIndexError(f"index {index} out of range for a shapes dataset of n={self.config.n}")
         c = self.config
         rng = self._rng(index)
         shape = int(rng.integers(len(SHAPE_NAMES)))
@@ -293,7 +295,7 @@ def shapes(n: int = 1000, seed: int = 0, image_size: int = 32, shortcut: bool | 
         noise: standard deviation of Gaussian pixel noise (clamped to [0, 1]).
     """
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise InputError(f"n must be >= 0, got {n}")
     if shortcut is True:
         p: float | None = 1.0
     elif shortcut is False or shortcut is None:
@@ -301,9 +303,9 @@ def shapes(n: int = 1000, seed: int = 0, image_size: int = 32, shortcut: bool | 
     else:
         p = float(shortcut)
         if not 0.0 <= p <= 1.0 or math.isnan(p):
-            raise ValueError(f"shortcut must be a bool or a probability in [0, 1], got {shortcut!r}")
+            raise InputError(f"shortcut must be a bool or a probability in [0, 1], got {shortcut!r}")
     if not 0 <= shortcut_class < len(SHAPE_NAMES):
-        raise ValueError(f"shortcut_class must be in 0..{len(SHAPE_NAMES) - 1} ({SHAPE_NAMES}), got "
+        raise InputError(f"shortcut_class must be in 0..{len(SHAPE_NAMES) - 1} ({SHAPE_NAMES}), got "
                          f"{shortcut_class}")
     ms = mark_size if mark_size is not None else max(2, image_size // 10)
     cfg = ShapesConfig(n=n, seed=seed, image_size=image_size, shortcut=p, shortcut_class=shortcut_class,

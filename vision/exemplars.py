@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from interp_core.axes import batch_pos_feature
+from interp_core.errors import InputError, InputIndexError, InputTypeError
 
 __all__ = ["Exemplars", "top_exemplars", "cell_boxes", "receptive_boxes"]
 
@@ -95,7 +96,7 @@ class Exemplars:
                     item = dataset[idx]
                     img = item[0] if isinstance(item, (tuple, list)) else item
                 else:
-                    raise ValueError("no images kept; pass dataset= to plot the exemplars")
+                    raise InputError("no images kept; pass dataset= to plot the exemplars")
                 img = img.detach().float().cpu()
                 img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-8)
                 if img.shape[0] == 1:
@@ -152,11 +153,11 @@ def cell_boxes(pos_shape: Sequence[int], input_hw: Sequence[int], n_prefix: int 
         prefix = int(n_prefix)
         g = math.isqrt(int(pos_shape[0]) - prefix)
         if g * g != int(pos_shape[0]) - prefix:
-            raise ValueError(f"a token site with {pos_shape[0]} positions and {prefix} prefix tokens is not a "
+            raise InputError(f"a token site with {pos_shape[0]} positions and {prefix} prefix tokens is not a "
                              f"square patch grid; pass box=None")
         hp = wp = g
     else:
-        raise ValueError(f"boxes need one or two pos axes, got pos shape {tuple(pos_shape)}")
+        raise InputError(f"boxes need one or two pos axes, got pos shape {tuple(pos_shape)}")
     out = [(0, 0, H, W)] * prefix
     for h in range(hp):
         for w in range(wp):
@@ -203,14 +204,14 @@ def receptive_boxes(hm: Any, site: str, example: torch.Tensor, positions: Iterab
 def _loader(data: Any, batch_size: int) -> DataLoader | Iterable:
     if isinstance(data, DataLoader):
         if isinstance(data.sampler, RandomSampler):
-            raise ValueError("the DataLoader shuffles, so exemplar indices would not identify items; use "
+            raise InputError("the DataLoader shuffles, so exemplar indices would not identify items; use "
                              "shuffle=False")
         return data
     if isinstance(data, torch.Tensor):
         return [data[i:i + batch_size] for i in range(0, data.shape[0], batch_size)]
     if isinstance(data, Dataset) or hasattr(data, "__getitem__"):
         return DataLoader(data, batch_size=batch_size, shuffle=False)
-    raise TypeError(f"data must be a DataLoader, a Dataset or a tensor [N, C, H, W], got {type(data).__name__}")
+    raise InputTypeError(f"data must be a DataLoader, a Dataset or a tensor [N, C, H, W], got {type(data).__name__}")
 
 
 def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int] | None = None,
@@ -244,15 +245,15 @@ def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int
     if isinstance(hm, torch.nn.Module):
         hm = HookedModel(hm)
     if by not in ("image", "cell"):
-        raise ValueError(f"by must be 'image' or 'cell', got {by!r}")
+        raise InputError(f"by must be 'image' or 'cell', got {by!r}")
     if reduce not in ("max", "mean"):
-        raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+        raise InputError(f"reduce must be 'max' or 'mean', got {reduce!r}")
     if box not in ("stride", "receptive", None):
-        raise ValueError(f"box must be 'stride', 'receptive' or None, got {box!r}")
+        raise InputError(f"box must be 'stride', 'receptive' or None, got {box!r}")
     if direction is not None and features is not None:
-        raise ValueError("give either direction= or features=, not both")
+        raise InputError("give either direction= or features=, not both")
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InputError(f"k must be >= 1, got {k}")
     dirs = None
     if direction is not None:
         dirs = torch.as_tensor(np.asarray(direction) if not isinstance(direction, torch.Tensor) else direction)
@@ -260,7 +261,7 @@ def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int
         dirs = dirs[None] if dirs.ndim == 1 else dirs
         norms = dirs.norm(dim=1, keepdim=True)
         if (norms == 0).any() or not torch.isfinite(dirs).all():
-            raise ValueError("directions must be finite and non-zero")
+            raise InputError("directions must be finite and non-zero")
         dirs = dirs / norms
     sel = [channels] if isinstance(channels, int) else (list(channels) if channels is not None else None)
 
@@ -287,12 +288,12 @@ def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int
                     t = features(t.reshape(b * n_pos, d)).reshape(b, n_pos, -1)
             elif dirs is not None:
                 if dirs.shape[1] != d:
-                    raise ValueError(f"direction has {dirs.shape[1]} entries but site '{site}' has {d} features")
+                    raise InputError(f"direction has {dirs.shape[1]} entries but site '{site}' has {d} features")
                 t = t @ dirs.to(t).T
             if sel is not None:
                 for c in sel:
                     if not -t.shape[-1] <= c < t.shape[-1]:
-                        raise IndexError(f"unit {c} is out of range: site '{site}' gives {t.shape[-1]} units")
+                        raise InputIndexError(f"unit {c} is out of range: site '{site}' gives {t.shape[-1]} units")
                 t = t[..., sel]
             n_units = t.shape[-1]
             if neuron_pos is not None and pos_index is None:
@@ -346,7 +347,7 @@ def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int
             best_s, best_i, best_p = new_s, new_i, new_p
             seen += b
     if best_s is None:
-        raise ValueError("the data yielded no batches")
+        raise InputError("the data yielded no batches")
     cells = boxes = None
     if pos_shape and (by == "cell" or reduce == "max" or pos_index is not None):
         flat = best_p.clamp_min(0)

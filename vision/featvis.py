@@ -37,6 +37,7 @@ from torch import nn
 
 from interp_core.axes import batch_pos_feature, flat_position
 from interp_core.cache import ActivationCache
+from interp_core.errors import InputError, InputIndexError, InputTypeError
 
 __all__ = [
     "Objective", "channel", "neuron", "direction", "feature", "FeatureVisualization", "visualize",
@@ -100,7 +101,7 @@ class Objective:
 
     def __mul__(self, k: float) -> "Objective":
         if isinstance(k, Objective):
-            raise TypeError("objectives multiply by scalars only; use + and - to combine objectives")
+            raise InputTypeError("objectives multiply by scalars only; use + and - to combine objectives")
         if not isinstance(k, (int, float)):
             return NotImplemented
         c = float(k)
@@ -116,7 +117,7 @@ class Objective:
 
 def _check_feature(site: str, d: int, index: int, what: str = "channel") -> None:
     if not -d <= index < d:
-        raise IndexError(f"{what} {index} is out of range at site '{site}', which has {d} features")
+        raise InputIndexError(f"{what} {index} is out of range at site '{site}', which has {d} features")
 
 
 def channel(site: str, c: int) -> Objective:
@@ -155,13 +156,13 @@ def direction(site: str, vec: torch.Tensor | np.ndarray | Sequence[float], cosin
     v = torch.as_tensor(np.asarray(vec, dtype=np.float32) if not isinstance(vec, torch.Tensor) else vec)
     v = v.detach().float().flatten()
     if not torch.isfinite(v).all() or float(v.norm()) == 0:
-        raise ValueError("direction vector must be finite and non-zero")
+        raise InputError("direction vector must be finite and non-zero")
     v = v / v.norm()
 
     def fn(acts: ActivationCache) -> torch.Tensor:
         t, pos_shape = batch_pos_feature(acts[site], acts.axes(site))
         if t.shape[-1] != v.numel():
-            raise ValueError(f"direction has {v.numel()} entries but site '{site}' has {t.shape[-1]} features")
+            raise InputError(f"direction has {v.numel()} entries but site '{site}' has {t.shape[-1]} features")
         if pos is not None:
             t = t[:, [flat_position(pos, pos_shape, _pos_names(acts, site))]]
         w = v.to(t.dtype).to(t.device)
@@ -226,7 +227,7 @@ def to_valid_image(x: torch.Tensor, decorrelate: bool) -> torch.Tensor:
     """Map an unbounded image to [0, 1]: optional colour decorrelation (3 channels), then a sigmoid."""
     if decorrelate:
         if x.shape[1] != 3:
-            raise ValueError(f"colour decorrelation needs 3 channels, got {x.shape[1]}")
+            raise InputError(f"colour decorrelation needs 3 channels, got {x.shape[1]}")
         x = torch.einsum("bchw,dc->bdhw", x, _COLOR_NORMALIZED.to(x))
     return torch.sigmoid(x)
 
@@ -396,22 +397,22 @@ def visualize(hm: Any, objective: Objective, steps: int = 128, image_shape: Sequ
     from interp_core import HookedModel
 
     if not isinstance(objective, Objective):
-        raise TypeError(f"objective must be an Objective (channel(...), neuron(...), ...), got "
+        raise InputTypeError(f"objective must be an Objective (channel(...), neuron(...), ...), got "
                         f"{type(objective).__name__}")
     if isinstance(hm, nn.Module):
         hm = HookedModel(hm)
     if len(image_shape) != 3:
-        raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
+        raise InputError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
     c, h, w = (int(v) for v in image_shape)
     if param not in ("fft", "pixel"):
-        raise ValueError(f"param must be 'fft' or 'pixel', got {param!r}")
+        raise InputError(f"param must be 'fft' or 'pixel', got {param!r}")
     decorrelate = (c == 3) if decorrelate is None else decorrelate
     if transforms == "standard":
         tfs: list[Transform] = standard_transforms(max(h, w))
     elif transforms is None:
         tfs = []
     elif isinstance(transforms, str):
-        raise ValueError(f"transforms must be 'standard', None or a list of callables, got {transforms!r}")
+        raise InputError(f"transforms must be 'standard', None or a list of callables, got {transforms!r}")
     else:
         tfs = list(transforms)
     target = tuple(model_size) if model_size is not None else None
@@ -428,7 +429,7 @@ def visualize(hm: Any, objective: Objective, steps: int = 128, image_shape: Sequ
         _, cache = hm.run_with_cache(prep(x), sites=list(objective.sites), grad=True)
         value = objective(cache)
         if value.shape != (x.shape[0],):
-            raise ValueError(f"objective {objective.description} returned shape {tuple(value.shape)}, "
+            raise InputError(f"objective {objective.description} returned shape {tuple(value.shape)}, "
                              f"expected one value per image ({x.shape[0]},)")
         return value
 

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 from interp_core import HookedModel
+from interp_core.errors import InputError, InputTypeError
 
 from .cnn import CNNAdapter, first_conv
 from .vit import ViTAdapter, is_vit
 
-__all__ = ["load", "wrap", "adapter_for", "default_input_size", "build"]
+__all__ = ["load", "wrap", "claim", "adapter_for", "default_input_size", "build"]
 
 log = logging.getLogger(__name__)
 SOURCES = ("timm", "torchvision")
@@ -51,6 +52,23 @@ def adapter_for(model: nn.Module, example_input: Any = None) -> ViTAdapter | CNN
     return ViTAdapter(example_input) if is_vit(model) else CNNAdapter(example_input)
 
 
+def claim(model: Any) -> ViTAdapter | CNNAdapter | None:
+    """The ``interp_suite.adapters`` entry point: the ViT adapter (priority 10) for timm's VisionTransformer
+    family, the CNN adapter (priority 5) for models with a 2-d convolution; ``None`` for anything else, which
+    then gets the generic adapter. ``HookedModel(model)`` and :func:`wrap` therefore give the same sites."""
+    if not isinstance(model, nn.Module):
+        return None
+    if is_vit(model):
+        adapter: ViTAdapter | CNNAdapter = ViTAdapter()
+        adapter.priority = 10
+        return adapter
+    if first_conv(model) is not None:
+        adapter = CNNAdapter()
+        adapter.priority = 5
+        return adapter
+    return None
+
+
 def wrap(model: nn.Module, example_input: Any = None) -> HookedModel:
     """``HookedModel(model, adapter=...)`` with the adapter chosen by :func:`adapter_for`.
 
@@ -62,7 +80,7 @@ def wrap(model: nn.Module, example_input: Any = None) -> HookedModel:
             example_input = model.adapter.example_input(model.model)
         model = model.model
     if not isinstance(model, nn.Module):
-        raise TypeError(f"vision.wrap takes an nn.Module, got {type(model).__name__}")
+        raise InputTypeError(f"vision.wrap takes an nn.Module, got {type(model).__name__}")
     adapter = adapter_for(model, example_input)
     if example_input is not None:
         return HookedModel(model, adapter=adapter)
@@ -87,18 +105,18 @@ def _names(source: str) -> list[str]:
 
 def _parse(name: str) -> tuple[str, str]:
     if not isinstance(name, str) or ":" not in name:
-        raise ValueError(f"model name {name!r} must be 'timm:NAME' or 'torchvision:NAME', e.g. "
+        raise InputError(f"model name {name!r} must be 'timm:NAME' or 'torchvision:NAME', e.g. "
                          f"'timm:vit_tiny_patch16_224' or 'torchvision:resnet18'")
     source, arch = name.split(":", 1)
     if source not in SOURCES:
         close = difflib.get_close_matches(source, SOURCES, n=1)
-        raise ValueError(f"unknown model source {source!r} in {name!r}; use one of {SOURCES}"
+        raise InputError(f"unknown model source {source!r} in {name!r}; use one of {SOURCES}"
                          + (f" (did you mean '{close[0]}:{arch}'?)" if close else ""))
     known = _names(source)
     if arch not in known:
         close = difflib.get_close_matches(arch, known, n=5, cutoff=0.5)
         hint = ", ".join(f"'{source}:{c}'" for c in close) if close else "none"
-        raise ValueError(f"unknown {source} model {arch!r}; closest: {hint} ({source} lists {len(known)} "
+        raise InputError(f"unknown {source} model {arch!r}; closest: {hint} ({source} lists {len(known)} "
                          f"models)")
     return source, arch
 
@@ -130,7 +148,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state dict (name -> tensor); save one with "
+        raise InputError(f"{str(path)!r} does not hold a state dict (name -> tensor); save one with "
                          f"torch.save(model.state_dict(), path) or safetensors.torch.save_file")
     if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
         obj = {k[len("module."):]: v for k, v in obj.items()}
@@ -150,14 +168,14 @@ def load(name: str, weights: str | Path | None = None, pretrained: bool = False,
         **kwargs: passed to the constructor (``img_size=32``, ``num_classes=10``, ``in_chans=1``, ...).
     """
     if weights is not None and pretrained:
-        raise ValueError("give either weights=PATH or pretrained=True, not both")
+        raise InputError("give either weights=PATH or pretrained=True, not both")
     model = build(name, pretrained=pretrained, **kwargs)
     if weights is not None:
         state = _read_state_dict(Path(weights))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise ValueError(f"weights {str(weights)!r} do not fit {name} built with {kwargs or 'defaults'}: "
+            raise InputError(f"weights {str(weights)!r} do not fit {name} built with {kwargs or 'defaults'}: "
                              f"{e}. Pass the same constructor arguments (num_classes=, img_size=, ...) the "
                              f"weights were trained with") from e
     model.eval()

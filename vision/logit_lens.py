@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from interp_core import HookedModel
+from interp_core.errors import InputError
 from interp_core.results import Result
 
 __all__ = ["LogitLensResult", "logit_lens", "decode"]
@@ -95,22 +96,22 @@ class LogitLensResult(Result):
 def decode(model: nn.Module, resid: torch.Tensor, pool: str = "auto") -> torch.Tensor:
     """Lens logits ``[batch, classes]`` of a residual ``[batch, pos, D]`` (see the module docstring)."""
     if resid.dim() != 3:
-        raise ValueError(f"the logit lens decodes token residuals [batch, pos, D], got shape {tuple(resid.shape)}")
+        raise InputError(f"the logit lens decodes token residuals [batch, pos, D], got shape {tuple(resid.shape)}")
     norm = getattr(model, "norm", None)
     x = norm(resid) if isinstance(norm, nn.Module) else resid
     if pool == "auto":
         if not hasattr(model, "forward_head"):
-            raise ValueError(f"{type(model).__name__} has no forward_head; pass pool='cls' or 'mean'")
+            raise InputError(f"{type(model).__name__} has no forward_head; pass pool='cls' or 'mean'")
         return model.forward_head(x)
     n_prefix = int(getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0))
     if pool == "cls":
         if getattr(model, "cls_token", None) is None:
-            raise ValueError("pool='cls' needs a CLS token; this model has none (use pool='mean' or 'auto')")
+            raise InputError("pool='cls' needs a CLS token; this model has none (use pool='mean' or 'auto')")
         pooled = x[:, 0]
     elif pool == "mean":
         pooled = x[:, n_prefix:].mean(dim=1)
     else:
-        raise ValueError(f"pool must be 'auto', 'cls' or 'mean', got {pool!r}")
+        raise InputError(f"pool must be 'auto', 'cls' or 'mean', got {pool!r}")
     for name in ("fc_norm", "head_drop"):
         m = getattr(model, name, None)
         if isinstance(m, nn.Module):
@@ -165,7 +166,7 @@ def logit_lens(hm: HookedModel | nn.Module, data: Any, sites: Sequence[str] | No
     for s in sites:
         site = hm.sites[s]
         if site.axes is not None and site.axes != ("batch", "pos", "feature"):
-            raise ValueError(f"site '{s}' has axes {site.axes}; the logit lens decodes token residuals "
+            raise InputError(f"site '{s}' has axes {site.axes}; the logit lens decodes token residuals "
                              f"(batch, pos, feature) such as 'blocks.3.resid_post'")
     lens_parts: list[list[torch.Tensor]] = [[] for _ in sites]
     finals, labels = [], []

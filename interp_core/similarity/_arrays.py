@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 ArrayLike = Any  # numpy array, torch tensor or nested sequence of numbers
 
 
@@ -18,10 +20,10 @@ def as_matrix(X: ArrayLike, what: str = "X") -> np.ndarray:
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2:
-        raise ValueError(f"{what} must be a [N, d] matrix (rows = inputs, columns = features), got shape "
+        raise InputError(f"{what} must be a [N, d] matrix (rows = inputs, columns = features), got shape "
                          f"{X.shape}; use cache.features(site, pool=...) to get feature rows")
     if not np.all(np.isfinite(X)):
-        raise ValueError(f"{what} contains NaN or infinite values")
+        raise InputError(f"{what} contains NaN or infinite values")
     return X
 
 
@@ -29,10 +31,10 @@ def as_pair(X: ArrayLike, Y: ArrayLike, min_rows: int = 2) -> tuple[np.ndarray, 
     """Validate two representations of the same inputs: same number of rows, at least ``min_rows``."""
     X, Y = as_matrix(X, "X"), as_matrix(Y, "Y")
     if X.shape[0] != Y.shape[0]:
-        raise ValueError(f"X and Y must have one row per input for the same inputs, got {X.shape[0]} and "
+        raise InputError(f"X and Y must have one row per input for the same inputs, got {X.shape[0]} and "
                          f"{Y.shape[0]} rows; pool positions alike (or use the same data) for both")
     if X.shape[0] < min_rows:
-        raise ValueError(f"this measure needs at least {min_rows} rows, got {X.shape[0]}")
+        raise InputError(f"this measure needs at least {min_rows} rows, got {X.shape[0]}")
     return X, Y
 
 

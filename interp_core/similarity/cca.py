@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InputError
 from ._arrays import ArrayLike, as_pair, center
 
 
@@ -29,11 +30,11 @@ def _basis(X: np.ndarray, keep: float | None = None, eps: float = 1e-10) -> tupl
     """Orthonormal basis ``[N, r]`` of the centered column space and the singular values kept."""
     U, s, _ = np.linalg.svd(center(X), full_matrices=False)
     if s.size == 0 or s[0] == 0:
-        raise ValueError("a representation is constant over the inputs; CCA is undefined")
+        raise InputError("a representation is constant over the inputs; CCA is undefined")
     r = int(np.sum(s > eps * s[0]))
     if keep is not None:
         if not 0 < keep <= 1:
-            raise ValueError(f"keep must be a fraction of variance in (0, 1], got {keep}")
+            raise InputError(f"keep must be a fraction of variance in (0, 1], got {keep}")
         var = s[:r] ** 2
         r = int(np.searchsorted(np.cumsum(var) / var.sum(), keep - 1e-12) + 1)
     return U[:, :r], s[:r]

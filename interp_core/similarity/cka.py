@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..errors import InputError
 from ._arrays import ArrayLike, as_pair, center
 
 
@@ -41,7 +42,7 @@ def rbf_gram(X: np.ndarray, bandwidth: float = 1.0) -> np.ndarray:
     iu = np.triu_indices(X.shape[0], k=1)
     med = np.median(np.sqrt(d2[iu]))
     if med <= 0:
-        raise ValueError("all rows are identical: the RBF bandwidth (median pairwise distance) is 0")
+        raise InputError("all rows are identical: the RBF bandwidth (median pairwise distance) is 0")
     sigma = bandwidth * med
     return np.exp(-d2 / (2.0 * sigma ** 2))
 
@@ -57,7 +58,7 @@ def unbiased_hsic(K: np.ndarray, L: np.ndarray) -> float:
     """Unbiased HSIC of Song et al. 2012 (eq. 5); needs ``n >= 4``."""
     n = K.shape[0]
     if n < 4:
-        raise ValueError(f"the unbiased HSIC needs at least 4 rows, got {n}")
+        raise InputError(f"the unbiased HSIC needs at least 4 rows, got {n}")
     Kt = K.copy()
     Lt = L.copy()
     np.fill_diagonal(Kt, 0.0)
@@ -71,7 +72,7 @@ def _cka_from_grams(K: np.ndarray, L: np.ndarray, debiased: bool) -> float:
     f = unbiased_hsic if debiased else hsic
     kl, kk, ll = f(K, L), f(K, K), f(L, L)
     if kk <= 0 or ll <= 0:
-        raise ValueError("a representation has zero (or, debiased, non-positive) self-HSIC: it is constant "
+        raise InputError("a representation has zero (or, debiased, non-positive) self-HSIC: it is constant "
                          "over the inputs, so CKA is undefined")
     return float(kl / np.sqrt(kk * ll))
 
@@ -83,7 +84,7 @@ def linear_cka_features(X: np.ndarray, Y: np.ndarray) -> float:
     xx = np.linalg.norm(Xc.T @ Xc)
     yy = np.linalg.norm(Yc.T @ Yc)
     if xx == 0 or yy == 0:
-        raise ValueError("a representation is constant over the inputs, so CKA is undefined")
+        raise InputError("a representation is constant over the inputs, so CKA is undefined")
     return float(xy / (xx * yy))
 
 
@@ -108,6 +109,6 @@ def cka(X: ArrayLike, Y: ArrayLike, kernel: Literal["linear", "rbf"] = "linear",
         return _cka_from_grams(linear_gram(X), linear_gram(Y), debiased)
     if kernel == "rbf":
         if bandwidth <= 0:
-            raise ValueError(f"bandwidth must be > 0 (a fraction of the median distance), got {bandwidth}")
+            raise InputError(f"bandwidth must be > 0 (a fraction of the median distance), got {bandwidth}")
         return _cka_from_grams(rbf_gram(X, bandwidth), rbf_gram(Y, bandwidth), debiased)
-    raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
+    raise InputError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")

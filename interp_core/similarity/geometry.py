@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 from scipy.stats import rankdata
 
+from ..errors import InputError
 from ._arrays import ArrayLike, as_pair, center
 
 
@@ -33,7 +34,7 @@ def procrustes(X: ArrayLike, Y: ArrayLike) -> float:
     Xc, Yc = center(X), center(Y)
     nx, ny = np.linalg.norm(Xc), np.linalg.norm(Yc)
     if nx == 0 or ny == 0:
-        raise ValueError("a representation is constant over the inputs; the Procrustes distance is undefined")
+        raise InputError("a representation is constant over the inputs; the Procrustes distance is undefined")
     nuc = np.linalg.svd((Xc / nx).T @ (Yc / ny), compute_uv=False).sum()
     return float(max(2.0 - 2.0 * nuc, 0.0))
 
@@ -48,14 +49,14 @@ def rdm(X: ArrayLike, metric: Literal["correlation", "euclidean", "cosine"] = "c
     elif metric in ("cosine", "euclidean"):
         Z = X
     else:
-        raise ValueError(f"metric must be 'correlation', 'euclidean' or 'cosine', got {metric!r}")
+        raise InputError(f"metric must be 'correlation', 'euclidean' or 'cosine', got {metric!r}")
     if metric == "euclidean":
         sq = (Z * Z).sum(1)
         D = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * Z @ Z.T, 0.0))
     else:
         norms = np.linalg.norm(Z, axis=1)
         if np.any(norms == 0):
-            raise ValueError(f"RDM metric {metric!r} is undefined for a row with zero norm (after centering for "
+            raise InputError(f"RDM metric {metric!r} is undefined for a row with zero norm (after centering for "
                              f"'correlation'); use metric='euclidean'")
         Zn = Z / norms[:, None]
         D = 1.0 - Zn @ Zn.T
@@ -66,7 +67,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     den = np.sqrt((a @ a) * (b @ b))
     if den == 0:
-        raise ValueError("an RDM is constant (all inputs equally distant); its correlation is undefined")
+        raise InputError("an RDM is constant (all inputs equally distant); its correlation is undefined")
     return float(a @ b / den)
 
 
@@ -85,7 +86,7 @@ def rsa(X: ArrayLike, Y: ArrayLike, metric: Literal["correlation", "euclidean", 
         return _pearson(rankdata(a), rankdata(b))
     if compare == "pearson":
         return _pearson(a, b)
-    raise ValueError(f"compare must be 'spearman' or 'pearson', got {compare!r}")
+    raise InputError(f"compare must be 'spearman' or 'pearson', got {compare!r}")
 
 
 def knn_indices(X: np.ndarray, k: int, metric: str = "cosine", chunk: int = 2048) -> np.ndarray:
@@ -98,7 +99,7 @@ def knn_indices(X: np.ndarray, k: int, metric: str = "cosine", chunk: int = 2048
         Z = X
         sq = (X * X).sum(1)
     else:
-        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+        raise InputError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     n = X.shape[0]
     out = np.empty((n, k), dtype=np.int64)
     for s in range(0, n, chunk):
@@ -115,7 +116,7 @@ def mutual_knn(X: ArrayLike, Y: ArrayLike, k: int = 10, metric: Literal["cosine"
     X, Y = as_pair(X, Y)
     n = X.shape[0]
     if not 1 <= k < n:
-        raise ValueError(f"k must be in [1, N - 1] = [1, {n - 1}], got {k}")
+        raise InputError(f"k must be in [1, N - 1] = [1, {n - 1}], got {k}")
     a, b = knn_indices(X, k, metric), knn_indices(Y, k, metric)
     hits = 0
     for s in range(0, n, 4096):  # [rows, k, k] comparisons, bounded memory

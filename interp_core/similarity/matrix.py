@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..axes import PoolSpec
+from ..errors import InputError
 from ..results import Result
 from .registry import DISTANCES, get_measure
 from .sources import collect_features, default_sites, iter_pair_batches
@@ -88,7 +89,7 @@ def similarity_matrix(model_a: Any, model_b: Any = None, data: Iterable[Any] | N
     sites_a = list(sites_a) if sites_a is not None else default_sites(model_a)
     sites_b = list(sites_b) if sites_b is not None else default_sites(model_b)
     if not sites_a or not sites_b:
-        raise ValueError("no sites to compare: pass sites_a= and sites_b=")
+        raise InputError("no sites to compare: pass sites_a= and sites_b=")
     name = measure if isinstance(measure, str) else getattr(measure, "__name__", "custom")
     t0 = time.perf_counter()
     if isinstance(measure, str) and (measure in STREAMING or measure == "minibatch_cka"):

@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Callable
 from functools import partial
 
+from ..errors import InputError
 from .cca import pwcca, svcca
 from .cka import cka
 from .geometry import mutual_knn, procrustes, rsa
@@ -30,5 +31,5 @@ def get_measure(measure: str | Callable) -> Callable:
     if measure in MEASURES:
         return MEASURES[measure]
     close = difflib.get_close_matches(str(measure), list(MEASURES), n=2, cutoff=0.4)
-    raise ValueError(f"unknown similarity measure {measure!r}; known: {', '.join(MEASURES)}"
+    raise InputError(f"unknown similarity measure {measure!r}; known: {', '.join(MEASURES)}"
                      + (f"; closest: {close}" if close else "") + " (or pass a callable (X, Y) -> float)")

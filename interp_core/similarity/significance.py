@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..errors import InputError
 from ..results import Result
 from ._arrays import ArrayLike, as_pair
 from .registry import DISTANCES, get_measure
@@ -91,7 +92,7 @@ def permutation_test(measure: str | Callable[[ArrayLike, ArrayLike], float], X: 
     if alternative == "auto":
         alternative = "less" if isinstance(measure, str) and measure in DISTANCES else "greater"
     if alternative not in ("greater", "less"):
-        raise ValueError(f"alternative must be 'auto', 'greater' or 'less', got {alternative!r}")
+        raise InputError(f"alternative must be 'auto', 'greater' or 'less', got {alternative!r}")
     rng = np.random.default_rng(seed)
     stat = float(fn(X, Y))
     null = np.array([fn(X, Y[rng.permutation(len(Y))]) for _ in range(n)], dtype=float)
@@ -105,7 +106,7 @@ def bootstrap_ci(measure: str | Callable[[ArrayLike, ArrayLike], float], X: Arra
                  n: int = 1000, level: float = 0.95, seed: int = 0) -> BootstrapResult:
     """Percentile bootstrap confidence interval over inputs (rows resampled jointly in X and Y)."""
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise InputError(f"level must be in (0, 1), got {level}")
     fn = get_measure(measure)
     X, Y = as_pair(X, Y)
     rng = np.random.default_rng(seed)

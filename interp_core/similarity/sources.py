@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..axes import PoolSpec
+from ..errors import InputError, InputTypeError, SiteError
 
 
 def is_model(source: Any) -> bool:
@@ -36,10 +37,10 @@ def features_of(source: Any, site: str, pool: PoolSpec) -> torch.Tensor:
         return source.features(site, pool=pool)
     if isinstance(source, Mapping):
         if site not in source:
-            raise KeyError(f"site {site!r} is not in the given features; have {list(source)[:8]}")
+            raise SiteError(f"site {site!r} is not in the given features; have {list(source)[:8]}")
         t = torch.as_tensor(source[site])
         return t[:, None] if t.dim() == 1 else t
-    raise TypeError(f"a similarity source must be a HookedModel (with data=), an ActivationCache/ActivationStore "
+    raise InputTypeError(f"a similarity source must be a HookedModel (with data=), an ActivationCache/ActivationStore "
                     f"or a dict {{site: [N, d] array}}, got {type(source).__name__}")
 
 
@@ -50,7 +51,7 @@ def default_sites(source: Any) -> list[str]:
         return list(source.site_names)
     if isinstance(source, Mapping):
         return list(source)
-    raise TypeError(f"cannot list the sites of a {type(source).__name__}; pass sites explicitly")
+    raise InputTypeError(f"cannot list the sites of a {type(source).__name__}; pass sites explicitly")
 
 
 def iter_pair_batches(source_a: Any, source_b: Any, data: Iterable[Any] | None, sites_a: Sequence[str],
@@ -63,7 +64,7 @@ def iter_pair_batches(source_a: Any, source_b: Any, data: Iterable[Any] | None, 
     """
     if is_model(source_a) or is_model(source_b):
         if data is None:
-            raise ValueError("data= (an iterable of input batches) is needed to run hooked models")
+            raise InputError("data= (an iterable of input batches) is needed to run hooked models")
         for i, batch in enumerate(data):
             if max_batches is not None and i >= max_batches:
                 break
@@ -93,14 +94,14 @@ def _rows_from(source: Any, x: Any, sites: Sequence[str], pool: PoolSpec) -> Any
     if is_model(source):
         with source.evaluating():
             return source.run_with_cache(x, sites=list(sites), pool=pool)[1]
-    raise TypeError("when one source is a model both must be models (or precompute both as caches)")
+    raise InputTypeError("when one source is a model both must be models (or precompute both as caches)")
 
 
 def _check_rows(xs: list[torch.Tensor], ys: list[torch.Tensor], sites_a: Sequence[str],
                 sites_b: Sequence[str]) -> None:
     rows = {(s, t.shape[0]) for s, t in [*zip(sites_a, xs), *zip(sites_b, ys)]}
     if len({r for _, r in rows}) != 1:
-        raise ValueError(f"sites give different numbers of rows for the same inputs: {sorted(rows)}; pool "
+        raise InputError(f"sites give different numbers of rows for the same inputs: {sorted(rows)}; pool "
                          f"positions (pool='mean', 'cls', ...) so each input gives one row")
 
 

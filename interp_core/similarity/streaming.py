@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 Batch = Any  # [b, d] tensor or array, or a list of them (one per layer)
 
 
@@ -38,7 +40,7 @@ def _as_list(X: Batch, dtype: torch.dtype) -> list[torch.Tensor]:
         if t.dim() == 1:
             t = t[:, None]
         if t.dim() != 2:
-            raise ValueError(f"batches must be [b, d] feature rows, got shape {tuple(t.shape)}")
+            raise InputError(f"batches must be [b, d] feature rows, got shape {tuple(t.shape)}")
         out.append(t.to(device="cpu", dtype=dtype))
     return out
 
@@ -95,11 +97,11 @@ class LinearCKAAccumulator:
         xs, ys = _as_list(X, self.dtype), _as_list(Y, self.dtype)
         b = {t.shape[0] for t in xs + ys}
         if len(b) != 1:
-            raise ValueError(f"all batches in one update must have the same rows (inputs), got sizes {sorted(b)}")
+            raise InputError(f"all batches in one update must have the same rows (inputs), got sizes {sorted(b)}")
         if not self._init:
             self._setup(xs, ys)
         elif [x.shape[1] for x in xs] != self.dims_x_ or [y.shape[1] for y in ys] != self.dims_y_:
-            raise ValueError(f"feature sizes changed between batches: first {self.dims_x_} / {self.dims_y_}, now "
+            raise InputError(f"feature sizes changed between batches: first {self.dims_x_} / {self.dims_y_}, now "
                              f"{[x.shape[1] for x in xs]} / {[y.shape[1] for y in ys]}")
         A = torch.cat(xs, 1) - self._shift_x
         B = torch.cat(ys, 1) - self._shift_y
@@ -155,7 +157,7 @@ class LinearCKAAccumulator:
         """``[L_x, L_y]`` CKA between every layer of X and every layer of Y over all rows seen."""
         need = 4 if self.debiased else 2
         if not self._init or self.n_ < need:
-            raise ValueError(f"need at least {need} rows before computing CKA, got {self.n_}; call update() first")
+            raise InputError(f"need at least {need} rows before computing CKA, got {self.n_}; call update() first")
         hx = [self._self_hsic("x", k) for k in range(len(self._sx))]
         hy = [self._self_hsic("y", j) for j in range(len(self._sy))]
         out = np.zeros((len(hx), len(hy)))
@@ -175,7 +177,7 @@ class LinearCKAAccumulator:
         """CKA of the single pair (use :meth:`matrix` for lists of layers)."""
         m = self.matrix()
         if m.shape != (1, 1):
-            raise ValueError(f"this accumulator holds {m.shape[0]} x {m.shape[1]} layer pairs; use matrix()")
+            raise InputError(f"this accumulator holds {m.shape[0]} x {m.shape[1]} layer pairs; use matrix()")
         return float(m[0, 0])
 
 
@@ -214,10 +216,10 @@ class MinibatchCKA:
         xs, ys = _as_list(X, self.dtype), _as_list(Y, self.dtype)
         b = {t.shape[0] for t in xs + ys}
         if len(b) != 1:
-            raise ValueError(f"all batches in one update must have the same rows (inputs), got sizes {sorted(b)}")
+            raise InputError(f"all batches in one update must have the same rows (inputs), got sizes {sorted(b)}")
         b = b.pop()
         if self.debiased and b < 4:
-            raise ValueError(f"debiased minibatch CKA needs batches of at least 4 rows, got {b}")
+            raise InputError(f"debiased minibatch CKA needs batches of at least 4 rows, got {b}")
         Ks = torch.stack([x @ x.T for x in xs])
         Ls = torch.stack([y @ y.T for y in ys])
         xy, xx, yy = self._hsic(Ks, Ls), torch.diagonal(self._hsic(Ks, Ks)), torch.diagonal(self._hsic(Ls, Ls))
@@ -225,7 +227,7 @@ class MinibatchCKA:
             self._xy, self._xx, self._yy = xy, xx, yy
         else:
             if xy.shape != self._xy.shape:
-                raise ValueError(f"number of layers changed between batches: {tuple(self._xy.shape)} -> "
+                raise InputError(f"number of layers changed between batches: {tuple(self._xy.shape)} -> "
                                  f"{tuple(xy.shape)}")
             self._xy, self._xx, self._yy = self._xy + xy, self._xx + xx, self._yy + yy
         self.n_batches_ += 1
@@ -234,12 +236,12 @@ class MinibatchCKA:
 
     def matrix(self) -> np.ndarray:
         if self.n_batches_ == 0:
-            raise ValueError("no batches seen; call update() first")
+            raise InputError("no batches seen; call update() first")
         den = torch.sqrt(torch.outer(self._xx, self._yy))
         return (self._xy / den).numpy()
 
     def value(self) -> float:
         m = self.matrix()
         if m.shape != (1, 1):
-            raise ValueError(f"this accumulator holds {m.shape[0]} x {m.shape[1]} layer pairs; use matrix()")
+            raise InputError(f"this accumulator holds {m.shape[0]} x {m.shape[1]} layer pairs; use matrix()")
         return float(m[0, 0])

@@ -20,6 +20,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from interp_core.errors import InputError
+
 from .base import Variable, WorldWrapper, find_world_wrapper
 from .cartpole import CartPoleWorld
 from .gridworld import MiniGridWorld, bfs_distance, visible_cells
@@ -54,5 +56,5 @@ def make(env_id: str, image_only: bool = True, **kwargs: Any) -> WorldWrapper:
         return MiniGridWorld(ImgObsWrapper(env) if image_only else env)
     if env_id.startswith("CartPole"):
         return CartPoleWorld(gym.make(env_id, **kwargs))
-    raise ValueError(f"no world-state recorder for {env_id!r}; supported: {', '.join(ENV_IDS)} "
+    raise InputError(f"no world-state recorder for {env_id!r}; supported: {', '.join(ENV_IDS)} "
                      "(any MiniGrid-* id works); or wrap your env in a WorldWrapper subclass")

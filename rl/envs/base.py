@@ -23,6 +23,8 @@ from typing import Any, Literal
 
 import gymnasium as gym
 
+from interp_core.errors import InputError, InputTypeError, SiteError
+
 VariableKind = Literal["categorical", "ordinal", "continuous"]
 
 
@@ -45,7 +47,7 @@ class Variable:
 
     def __post_init__(self) -> None:
         if self.kind not in ("categorical", "ordinal", "continuous"):
-            raise ValueError(f"variable {self.name!r}: kind must be categorical, ordinal or continuous, "
+            raise InputError(f"variable {self.name!r}: kind must be categorical, ordinal or continuous, "
                              f"got {self.kind!r}")
 
     @property
@@ -76,7 +78,7 @@ class WorldWrapper(gym.Wrapper):
         for v in self.variables:
             if v.name == name:
                 return v
-        raise KeyError(f"unknown world variable {name!r}; this env records {self.variable_names}")
+        raise SiteError(f"unknown world variable {name!r}; this env records {self.variable_names}")
 
     def _annotate(self, info: dict[str, Any]) -> dict[str, Any]:
         values, visible = self.world()
@@ -101,5 +103,5 @@ def find_world_wrapper(env: gym.Env) -> WorldWrapper:
         if isinstance(e, WorldWrapper):
             return e
         e = getattr(e, "env", None)
-    raise TypeError(f"{env} records no world state; build it with rl.envs.make(ENV_ID) or wrap it in a "
+    raise InputTypeError(f"{env} records no world state; build it with rl.envs.make(ENV_ID) or wrap it in a "
                     "WorldWrapper (CartPoleWorld, MiniGridWorld) first")

@@ -6,6 +6,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from interp_core.errors import InputTypeError
+
 from .base import Variable, WorldWrapper
 
 
@@ -26,7 +28,7 @@ class CartPoleWorld(WorldWrapper):
     def __init__(self, env: gym.Env):
         super().__init__(env)
         if not hasattr(env.unwrapped, "state") or "CartPole" not in type(env.unwrapped).__name__:
-            raise TypeError(f"CartPoleWorld wraps a CartPole env, got {type(env.unwrapped).__name__}")
+            raise InputTypeError(f"CartPoleWorld wraps a CartPole env, got {type(env.unwrapped).__name__}")
 
     def world(self) -> tuple[dict[str, Any], dict[str, bool]]:
         state = self.env.unwrapped.state

@@ -53,6 +53,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from interp_core.errors import InputError, InputTypeError
+
 from .base import Variable, WorldWrapper
 
 _DIRS = ("right", "down", "left", "up")
@@ -127,12 +129,12 @@ class MiniGridWorld(WorldWrapper):
         super().__init__(env)
         u = env.unwrapped
         if not hasattr(u, "gen_obs_grid"):
-            raise TypeError(f"MiniGridWorld wraps a MiniGrid env, got {type(u).__name__}")
+            raise InputTypeError(f"MiniGridWorld wraps a MiniGrid env, got {type(u).__name__}")
         if objects is None:
             objects = ("key", "door") if type(u).__name__ == "DoorKeyEnv" else ()
         unknown = set(objects) - {"key", "door"}
         if unknown:
-            raise ValueError(f"objects must be among ('key', 'door'), got {sorted(unknown)}")
+            raise InputError(f"objects must be among ('key', 'door'), got {sorted(unknown)}")
         self.objects = tuple(objects)
         self.memory_task = type(u).__name__ == "MemoryEnv"
         variables = [

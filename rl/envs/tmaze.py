@@ -33,6 +33,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from interp_core.errors import InputError, InputTypeError
+
 from .base import Variable, WorldWrapper
 
 CUES = ("left", "right")
@@ -52,10 +54,10 @@ class TMazeEnv(gym.Env):
     def __init__(self, corridor_length: int | tuple[int, int] = (3, 6), distractors: int = 0):
         lo, hi = (corridor_length, corridor_length) if isinstance(corridor_length, int) else corridor_length
         if not (1 <= lo <= hi):
-            raise ValueError(f"corridor_length must be >= 1 (an int or a (low, high) range), got {corridor_length}")
+            raise InputError(f"corridor_length must be >= 1 (an int or a (low, high) range), got {corridor_length}")
         self.length_range = (int(lo), int(hi))
         if distractors < 0:
-            raise ValueError(f"distractors must be >= 0, got {distractors}")
+            raise InputError(f"distractors must be >= 0, got {distractors}")
         self.distractors = int(distractors)
         self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(4 + self.distractors,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(2)
@@ -90,7 +92,7 @@ class TMazeEnv(gym.Env):
     def step(self, action: Any):
         action = int(action)
         if not self.action_space.contains(action):
-            raise ValueError(f"T-maze actions are 0 (left) and 1 (right), got {action}")
+            raise InputError(f"T-maze actions are 0 (left) and 1 (right), got {action}")
         if self.position <= self.length:
             self.position += 1
             return self._obs(), 0.0, False, False, {}
@@ -126,7 +128,7 @@ class TMazeWorld(WorldWrapper):
     def __init__(self, env: gym.Env):
         super().__init__(env)
         if not isinstance(env.unwrapped, TMazeEnv):
-            raise TypeError(f"TMazeWorld wraps a TMazeEnv, got {type(env.unwrapped).__name__}")
+            raise InputTypeError(f"TMazeWorld wraps a TMazeEnv, got {type(env.unwrapped).__name__}")
 
     def world(self) -> tuple[dict[str, Any], dict[str, bool]]:
         u: TMazeEnv = self.env.unwrapped

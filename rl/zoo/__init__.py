@@ -38,6 +38,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from interp_core.errors import InputError
+
 from .specs import ZooSpec, get_spec, names
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -50,7 +52,7 @@ def parse_name(full: str) -> tuple[str, int, bool]:
     """``"doorkey-ppo-random@seed2"`` -> ``("doorkey-ppo", 2, True)``."""
     m = re.fullmatch(r"(?P<base>[a-z0-9-]+?)(?P<random>-random)?(?:@seed(?P<seed>\d+))?", full)
     if m is None:
-        raise ValueError(f"bad zoo name {full!r}; use NAME, NAME@seedN, NAME-random or NAME-random@seedN with "
+        raise InputError(f"bad zoo name {full!r}; use NAME, NAME@seedN, NAME-random or NAME-random@seedN with "
                          f"NAME in {names()}")
     return m["base"], int(m["seed"] or 0), bool(m["random"])
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import nn
 
+from interp_core.errors import SiteError
+
 
 @dataclass(frozen=True)
 class ZooSpec:
@@ -111,7 +113,7 @@ def get_spec(name: str) -> ZooSpec:
     if SPECS is None:
         SPECS = _specs()
     if name not in SPECS:
-        raise KeyError(f"unknown zoo agent {name!r}; available: {sorted(SPECS)}")
+        raise SiteError(f"unknown zoo agent {name!r}; available: {sorted(SPECS)}")
     return SPECS[name]
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from interp_core.errors import InputError
+
 from .specs import ZooSpec, get_spec, names
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def build_algo(spec: ZooSpec, seed: int, env=None):
     elif spec.algo == "recurrent_ppo":
         from sb3_contrib import RecurrentPPO as Algo
     else:  # pragma: no cover - specs are fixed
-        raise ValueError(f"unknown algo {spec.algo!r}")
+        raise InputError(f"unknown algo {spec.algo!r}")
     return Algo(spec.policy, env, seed=seed, device="cpu", verbose=0, policy_kwargs=dict(spec.policy_kwargs),
                 **spec.algo_kwargs)
 

@@ -30,7 +30,7 @@ MODELS = _models()
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_site_hooked_is_bitwise_identical(name):
     model, x = MODELS[name]
-    hm = HookedModel(model, example_input=x)
+    hm = HookedModel(model, adapter="generic", example_input=x)
     with torch.no_grad():
         ref = model(x)
     out, cache = hm.run_with_cache(x, sites=hm.sites.names)
@@ -44,7 +44,7 @@ def test_every_site_hooked_is_bitwise_identical(name):
 @pytest.mark.parametrize("name", list(MODELS))
 def test_cache_equals_hand_written_forward_hooks(name):
     model, x = MODELS[name]
-    hm = HookedModel(model, example_input=x)
+    hm = HookedModel(model, adapter="generic", example_input=x)
     names = [n for n in hm.sites.names if "#" not in n and n != "output"][:40]
     captured, handles = {}, []
     for n in names:
@@ -64,7 +64,7 @@ def test_in_place_ops_do_not_change_cached_data():
     # block.bn2's output is modified in place by `out += x` and by the in-place ReLU afterwards
     model = make_cnn()
     x = torch.randn(2, 3, 8, 8)
-    hm = HookedModel(model)
+    hm = HookedModel(model, adapter="generic")
     _, cache = hm.run_with_cache(x, sites=["block.bn1", "block.bn2", "block.relu#0", "block.relu#1"])
     b = model.block
     with torch.no_grad():
@@ -82,7 +82,7 @@ def test_in_place_ops_do_not_change_cached_data():
 
 def test_reused_module_gets_one_site_per_call():
     model, x = MODELS["resnet18"]
-    hm = HookedModel(model)
+    hm = HookedModel(model, adapter="generic")
     hm.trace(x)
     assert "layer1.0.relu#0" in hm.sites and "layer1.0.relu#1" in hm.sites
     with pytest.raises(KeyError, match=r"runs 2 times per forward.*'layer1\.0\.relu#0', 'layer1\.0\.relu#1'"):
@@ -94,7 +94,7 @@ def test_reused_module_gets_one_site_per_call():
 def test_reused_module_without_trace_raises_instead_of_mixing_calls():
     model = make_cnn()
     x = torch.randn(1, 3, 8, 8)
-    hm = HookedModel(model)  # untraced: the plain name exists until a trace splits it
+    hm = HookedModel(model, adapter="generic")  # untraced: the plain name exists until a trace splits it
     assert "block.relu" in hm.sites
     with pytest.raises(RuntimeError, match="ran more than once"):
         with hm.intervene({"block.relu": lambda a, s: a}):
@@ -104,15 +104,15 @@ def test_reused_module_without_trace_raises_instead_of_mixing_calls():
 
 def test_axes_inferred_and_overridable():
     model, x = MODELS["resnet18"]
-    hm = HookedModel(model, example_input=x)
+    hm = HookedModel(model, adapter="generic", example_input=x)
     assert hm.sites["layer2.1"].axes == ("batch", "feature", "pos", "pos")
     assert hm.sites["layer2.1"].shape == (128, 8, 8)
     assert hm.sites["fc"].axes == ("batch", "feature")
     vit, xv = MODELS["vit"]
-    hv = HookedModel(vit, example_input=xv)
+    hv = HookedModel(vit, adapter="generic", example_input=xv)
     assert hv.sites["blocks.0"].axes == ("batch", "pos", "feature")
     conv1d = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU())
-    hc = HookedModel(conv1d, example_input=torch.randn(1, 2, 9))
+    hc = HookedModel(conv1d, adapter="generic", example_input=torch.randn(1, 2, 9))
     assert hc.sites["0"].axes == ("batch", "feature", "pos")
     custom = HookedModel(conv1d, GenericAdapter(axes={"1": ("batch", "feature", "pos")}),
                          example_input=torch.randn(1, 2, 9))
@@ -121,7 +121,7 @@ def test_axes_inferred_and_overridable():
 
 def test_unknown_site_lists_closest_names():
     model, x = MODELS["resnet18"]
-    hm = HookedModel(model, example_input=x)
+    hm = HookedModel(model, adapter="generic", example_input=x)
     with pytest.raises(KeyError) as e:
         hm.run_with_cache(x, sites=["layer2.1.bnn2"])
     msg = str(e.value)
@@ -133,7 +133,7 @@ def test_gradients_flow_through_cached_activations():
     # closed form: out = W3 tanh(W2 tanh(W1 x + b1) + b2) + b3; d sum(out) / d (site "3" output) = W3^T 1
     model = make_policy()
     x = torch.randn(4, 6)
-    hm = HookedModel(model)
+    hm = HookedModel(model, adapter="generic")
     out, cache = hm.run_with_cache(x, sites=["3", "2"], grad=True)
     (g3,) = torch.autograd.grad(out.sum(), cache["3"], retain_graph=True)
     assert torch.allclose(g3, model[4].weight.sum(0).expand(4, -1), atol=1e-6)
@@ -146,7 +146,7 @@ def test_gradients_flow_through_cached_activations():
 def test_gradients_with_in_place_residual():
     model = make_cnn()
     x = torch.randn(2, 3, 8, 8)
-    hm = HookedModel(model)
+    hm = HookedModel(model, adapter="generic")
     out, cache = hm.run_with_cache(x, sites=["block.bn2"], grad=True)
     _, plain = hm.run_with_cache(x, sites=["block.bn2"])
     assert torch.equal(cache["block.bn2"].detach(), plain["block.bn2"])  # the in-place add did not leak in
@@ -164,7 +164,7 @@ def test_gradients_with_in_place_residual():
 
 def test_pooling_happens_in_the_hook():
     model, x = MODELS["resnet18"]
-    hm = HookedModel(model)
+    hm = HookedModel(model, adapter="generic")
     _, full = hm.run_with_cache(x, sites=["layer3.0"])
     _, pooled = hm.run_with_cache(x, sites=["layer3.0"], pool="mean")
     _, mx = hm.run_with_cache(x, sites=["layer3.0"], pool="max")
@@ -181,7 +181,7 @@ def test_pooling_happens_in_the_hook():
 def test_evaluating_restores_each_modules_flag():
     model = make_cnn().train()
     model.block.bn1.eval()
-    hm = HookedModel(model)
+    hm = HookedModel(model, adapter="generic")
     with hm.evaluating():
         assert not any(m.training for m in model.modules())
     assert model.training and model.block.training and not model.block.bn1.training
@@ -190,7 +190,7 @@ def test_evaluating_restores_each_modules_flag():
 def test_trace_leaves_batchnorm_statistics_alone_in_train_mode():
     model = make_cnn().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    HookedModel(model, example_input=torch.randn(2, 3, 8, 8))
+    HookedModel(model, adapter="generic", example_input=torch.randn(2, 3, 8, 8))
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert model.training

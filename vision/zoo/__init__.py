@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from interp_core.errors import SiteError
+
 from .models import DEFAULT_SEEDS, RECIPES, Recipe, build, checkpoint_paths
 
 __all__ = ["load", "card", "names", "parse_name", "test_data", "RECIPES"]
@@ -39,7 +41,7 @@ def parse_name(name: str) -> tuple[str, int, bool]:
         import difflib
 
         close = difflib.get_close_matches(str(fam), list(RECIPES), n=2, cutoff=0.4)
-        raise KeyError(f"unknown zoo model {name!r}; known families: {', '.join(RECIPES)} (add '@seedN' for a "
+        raise SiteError(f"unknown zoo model {name!r}; known families: {', '.join(RECIPES)} (add '@seedN' for a "
                        f"seed, '-random' for the untrained twin)" + (f"; closest: {close}" if close else ""))
     return m.group("family"), int(m.group("seed") or 0), m.group("random") is not None
 

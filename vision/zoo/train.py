@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from interp_core.errors import InputError, SiteError
+
 from .models import CHECKPOINT_DIR, DEFAULT_SEEDS, RECIPES, Recipe, build, checkpoint_paths
 
 logger = logging.getLogger(__name__)
@@ -54,14 +56,14 @@ def load_data(recipe: Recipe, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     d = recipe.data
     if d["kind"] == "digits":
         if split not in ("train", "test"):
-            raise ValueError(f"digits recipes have splits 'train' and 'test', got {split!r}")
+            raise InputError(f"digits recipes have splits 'train' and 'test', got {split!r}")
         return vdata.digits_tensors(split, size=d["size"])
     if d["kind"] == "shapes":
         if split not in d:
-            raise ValueError(f"recipe {recipe.name!r} has no shapes split {split!r}; splits: "
+            raise InputError(f"recipe {recipe.name!r} has no shapes split {split!r}; splits: "
                              f"{[k for k in d if isinstance(d[k], dict)]}")
         return vdata.shapes(image_size=d["image_size"], **d[split]).tensors()
-    raise ValueError(f"unknown data kind {d['kind']!r}")
+    raise InputError(f"unknown data kind {d['kind']!r}")
 
 
 def _shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -107,7 +109,7 @@ def train_model(family: str, seed: int = 0, epochs: int | None = None,
         max_train: use only the first ``max_train`` training examples (short runs for tests).
     """
     if family not in RECIPES:
-        raise KeyError(f"unknown zoo family {family!r}; known: {sorted(RECIPES)}")
+        raise SiteError(f"unknown zoo family {family!r}; known: {sorted(RECIPES)}")
     recipe = RECIPES[family]
     n_epochs = recipe.epochs if epochs is None else int(epochs)
     xtr, ytr = load_data(recipe, "train")
