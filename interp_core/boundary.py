@@ -16,7 +16,7 @@ the domain packages itself, so ``HookedModel(vit)`` and ``vision.wrap(vit)`` giv
 **Data -> batches** (:func:`iter_batches`, :func:`as_inputs`). Accepted, with one rule each:
 
 - a tensor or numpy array ``[N, ...]``: cut along the first axis into batches of ``batch_size``;
-- a pair ``(x, y)`` of such arrays with ``len(x) == len(y)``: inputs and their labels;
+- a pair ``(x, y)`` of such arrays with ``y`` 1-d and ``len(x) == len(y)``: inputs and their labels;
 - a ``Dataset`` (items ``x``, ``(x, y)`` or dicts): batched with a ``DataLoader`` of ``batch_size``;
 - a ``DataLoader`` or any iterable of batches: each element is one batch, a tensor, an ``(x, y)`` pair or
   a dict (inputs under ``x`` / ``input(s)`` / ``image(s)`` / ``pixel_values`` / ``obs``, labels under
@@ -251,9 +251,8 @@ def _split_pair(item: Any) -> tuple[Any, Any]:
             return dict(item), None
         return item[xk], (item[yk] if yk is not None else None)
     if isinstance(item, (tuple, list)) and len(item) == 2 and _is_array(item[1]) and _is_array(item[0]):
-        x, y = item
-        n_x = x.shape[0] if x.ndim else None
-        if np.ndim(y) >= 1 and y.shape[0] == n_x:
+        x, y = item  # a pair when y is one label per input: 1-d and as long as x
+        if x.ndim and y.ndim == 1 and y.shape[0] == x.shape[0]:
             return x, y
     return item, None
 

@@ -125,15 +125,10 @@ class HookedModel:
         if example_input is not None:
             try:
                 self.trace(example_input)
-            except InterpError:
-                raise
             except (RuntimeError, ValueError, TypeError, IndexError) as e:
                 if given:
-                    from .boundary import describe_inputs
-
-                    raise InputError(f"example_input: the model fails on {describe_inputs(example_input)}: {e}; "
-                                     f"give an input the model accepts, or none (the first real input "
-                                     f"is traced instead)") from None
+                    raise InputError(f"example_input: {e}; give an input the model accepts, or none (the first "
+                                     f"real input is traced instead)") from None
                 # the adapter's guessed input does not fit this model: trace on the first real input instead
                 log.info("example input does not fit %s (%s); tracing on first use", type(model).__name__, e)
                 self._table = SiteTable(self._raw_sites)
@@ -302,7 +297,7 @@ class HookedModel:
                 if s.kind == "virtual":
                     handles.add(s.attach(self.model, vrecorder(s.name)))
             with torch.no_grad(), self.evaluating():
-                call_model(self.model, inputs)
+                self._call(inputs)
         finally:
             handles.remove()
 
@@ -389,13 +384,9 @@ class HookedModel:
         first = self._trace_description
         try:
             self.trace(inputs)
-        except InterpError:
-            raise
-        except (RuntimeError, ValueError, TypeError, IndexError) as e:
-            from .boundary import describe_inputs
-
-            raise InputError(f"inputs: the model was traced on {first}; now given {describe_inputs(inputs)}, on "
-                             f"which it fails ({e}); give batches shaped like the first input") from None
+        except InputError as e:
+            raise InputError(f"inputs: the model was traced on {first}; now given batches it fails on ({e}); "
+                             f"give batches shaped like the first input") from None
 
     def _resolve(self, names: Sequence[str] | str | None) -> list[Site]:
         if names is None:
