@@ -3,6 +3,8 @@
 ``Report(title)`` collects sections — text, a figure (saved as PNG beside the report and embedded), a table
 of rows (list of dicts), and the numbers (any result's ``to_dict()``) — then ``write(folder)`` writes
 ``report.html`` (no external files needed to view it), ``results.json`` and ``figures/*.png`` atomically.
+A rerun into the same folder replaces the figures the earlier report recorded as its own
+(``figures/.report-figures.json``) and leaves every other file alone.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .results import jsonable, save_json
+
+OWN_FIGURES = ".report-figures.json"  # the figures a report wrote, so a rerun removes exactly those
 
 
 @dataclass
@@ -75,9 +80,18 @@ class Report:
                  "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}")
         doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
-        for old in (folder / "figures").glob("*.png"):  # figures of an earlier report in the same folder
-            if old.name not in written:
+        # figures an earlier report wrote here (and recorded as its own) that this one does not write again;
+        # any other file in the folder is the user's and is never touched
+        own = folder / "figures" / OWN_FIGURES
+        try:
+            earlier = json.loads(own.read_text()) if own.exists() else []
+        except (OSError, ValueError):
+            earlier = []
+        for name in earlier if isinstance(earlier, list) else []:
+            old = folder / "figures" / str(name)
+            if str(name) not in written and old.parent == folder / "figures" and old.is_file():
                 old.unlink()
+        save_json(sorted(written), own)
         out = folder / "report.html"
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(doc)

@@ -24,11 +24,14 @@ def test_report_writes_html_json_and_figures_and_replaces_an_earlier_one(tmp_pat
     assert "a &lt;test&gt;" in doc and "&lt;b&gt;" in doc and "<p>para two</p>" in doc and "1.235" in doc
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["second"]["numbers"] == {"arr": [0, 1, 2]} and results["first"]["table"][0]["x"] == 1.23456
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["00-first.png", "01-second.png"]
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == ["00-first.png", "01-second.png"]
     assert not list(tmp_path.glob("*.tmp"))
 
+    mine = tmp_path / "figures" / "my-own-plot.png"  # a file the user put there: never the report's to delete
+    mine.write_bytes(b"not the report's")
     again = Report("rerun")
     again.add("only", figure=figure())
     again.write(tmp_path)
-    assert [p.name for p in (tmp_path / "figures").iterdir()] == ["00-only.png"]
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == ["00-only.png", "my-own-plot.png"]
+    assert mine.read_bytes() == b"not the report's"
     assert list(json.loads((tmp_path / "results.json").read_text())) == ["only"]
