@@ -71,6 +71,11 @@ def pool(t: torch.Tensor, axes: Sequence[str], how: PoolSpec,
             return t.mean(dim=pdims), rest
         return t.amax(dim=pdims), rest
     pos_shape = [t.shape[d] for d in pdims]
+    if isinstance(how, str) and how not in ("first", "last") and how not in (pos_names or {}):
+        named = sorted(pos_names or {})
+        raise InputError(f"pool: unknown pooling {how!r}; use 'mean', 'max', 'first', 'last', a position index"
+                         + (f" or a named position of this site ({', '.join(map(repr, named))})" if named else "")
+                         + " (None keeps every position)")
     if how == "first":
         how = 0
     elif how == "last":

@@ -250,6 +250,8 @@ def _split_pair(item: Any) -> tuple[Any, Any]:
         if xk is None:
             return dict(item), None
         return item[xk], (item[yk] if yk is not None else None)
+    if isinstance(item, (tuple, list)) and len(item) == 1 and _is_array(item[0]):
+        return item[0], None  # a TensorDataset of inputs alone yields 1-tuples
     if isinstance(item, (tuple, list)) and len(item) == 2 and _is_array(item[1]) and _is_array(item[0]):
         x, y = item  # a pair when y is one label per input: 1-d and as long as x
         if x.ndim and y.ndim == 1 and y.shape[0] == x.shape[0]:

@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .errors import InputError
+from .errors import InputError, InterpError
 from .hooked import HookedModel
 
 PREFIXES = {"timm": "vision", "torchvision": "vision", "vision": "vision.zoo", "rl": "rl.zoo"}
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except (InterpError, ValueError, KeyError, OSError) as e:  # the suite's refusals and file problems: no traceback
         print(f"interp: error: {e}", file=sys.stderr)
         return 2
 
