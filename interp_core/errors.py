@@ -12,10 +12,8 @@ Messages follow one pattern: the argument (or site, or file), what was wrong, an
 
 from __future__ import annotations
 
-from sklearn.exceptions import NotFittedError as _SklearnNotFitted
-
 __all__ = ["InterpError", "InputError", "InputTypeError", "InputIndexError", "SiteError", "StoreError",
-           "NotFittedError", "InterpWarning"]
+           "NotFittedError", "InterpWarning"]  # noqa: F822 - NotFittedError is built on first use  # noqa: F822 - NotFittedError is built on first use
 
 
 class InterpError(Exception):
@@ -45,9 +43,19 @@ class StoreError(InterpError, OSError):
     """A store or file on disk that cannot be read or written as asked; the message names the path."""
 
 
-class NotFittedError(InterpError, _SklearnNotFitted):
-    """An estimator used before ``fit``; also scikit-learn's ``NotFittedError`` (a ValueError and AttributeError)."""
-
-
 class InterpWarning(UserWarning):
     """Warnings the suite emits (a model analysed in train mode, a unit that never fires, ...)."""
+
+
+def __getattr__(name: str) -> type:
+    # NotFittedError subclasses scikit-learn's, which costs a second of import time: build it on first use,
+    # so that ``interp --help`` and every module that never fits an estimator stay fast
+    if name == "NotFittedError":
+        from sklearn.exceptions import NotFittedError as SklearnNotFitted
+
+        cls = type("NotFittedError", (InterpError, SklearnNotFitted), {
+            "__doc__": "An estimator used before ``fit``; also scikit-learn's ``NotFittedError`` (a ValueError and "
+                       "AttributeError).", "__module__": __name__})
+        globals()["NotFittedError"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

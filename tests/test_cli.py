@@ -32,9 +32,112 @@ def test_sites_match_filters(capsys):
 
 def test_bad_model_spec_is_a_clear_error(capsys):
     assert main(["sites", "resnet18"]) == 2
-    assert "model spec 'resnet18' is not understood" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "spec 'resnet18' is not understood" in err and "timm:..." in err
 
 
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "interp_core.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "interp" in out.stdout
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all", b"PK\x03\x04 broken zip"])
+def test_bad_weights_file_is_named_without_a_traceback(tmp_path, capsys, content):
+    bad = tmp_path / "my-weights.pt"
+    bad.write_bytes(content)
+    assert main(["sites", "torchvision:resnet18", "--weights", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("interp: error:") and "my-weights.pt" in err and "Traceback" not in err
+    assert main(["sites", "torchvision:resnet18", "--weights", str(tmp_path / "missing.safetensors")]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+
+
+def test_help_and_version_answer_without_importing_torch():
+    code = ("import sys; from interp_core.cli import main\n"
+            "try:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "main([]); assert 'torch' not in sys.modules, 'torch imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "interp " in out.stdout and "report" in out.stdout and "probe" in out.stdout
+
+
+def test_sites_canonical_lists_only_the_adapters_names(capsys):
+    assert main(["sites", "timm:vit_tiny_patch16_224", "--canonical"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.0.attn.z" in out and "blocks.0.attn.qkv " not in out
+    n_canonical = int(out.strip().splitlines()[-1].split()[0])
+    assert n_canonical < 410 / 2
+
+
+def test_model_kwargs_and_a_checkpoint_of_ten_classes(tmp_path, capsys):
+    import torch
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=10)
+    torch.save({"model_state_dict": net.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
+    assert main(["sites", "torchvision:resnet18", "--weights", str(tmp_path / "ckpt.pt")]) == 2
+    assert "num_classes" in capsys.readouterr().err  # the mismatch says what to pass
+    assert main(["sites", "torchvision:resnet18", "--weights", str(tmp_path / "ckpt.pt"),
+                 "--model-kwargs", "num_classes=10", "--match", "fc"]) == 0
+
+
+def test_a_pickled_model_is_refused_unless_trusted(tmp_path, capsys):
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=10), tmp_path / "whole.pt")
+    assert main(["sites", "torchvision:resnet18", "--weights", str(tmp_path / "whole.pt"),
+                 "--model-kwargs", "num_classes=10"]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    assert main(["sites", "torchvision:resnet18", "--weights", str(tmp_path / "whole.pt"),
+                 "--model-kwargs", "num_classes=10", "--trust-pickle", "--match", "fc"]) == 0
+
+
+def test_py_factory_spec(tmp_path, capsys, monkeypatch):
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\ndef build(width=8):\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.ReLU(), torch.nn.Linear(width, 2))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["sites", "py:mymodels:build", "--model-kwargs", "width=5"]) == 0
+    assert "0" in capsys.readouterr().out
+    assert main(["sites", "sb3:PPO:agent.zip"]) == 2
+    assert "pickles" in capsys.readouterr().err
+
+
+def test_zoo_lists_the_shipped_models(capsys):
+    assert main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    assert "digits-vit" in out and "tmaze-recurrent" in out
+
+
+def test_probe_patch_collect_and_report_on_a_users_data_file(tmp_path, capsys):
+    import json
+
+    import torch
+
+    import vision
+
+    x, y = vision.zoo.test_data("digits-cnn")
+    torch.save({"x": x[:80], "y": y[:80]}, tmp_path / "digits.pt")
+    threes, eights = x[y == 3][:8], x[y == 8][:8]
+    torch.save(threes, tmp_path / "threes.pt")
+    torch.save(eights, tmp_path / "eights.pt")
+    data = str(tmp_path / "digits.pt")
+    assert main(["probe", "vision:digits-cnn", "--data", data, "--out", str(tmp_path / "probe")]) == 0
+    table = json.loads((tmp_path / "probe" / "results.json").read_text())["Probe accuracy per site"]["table"]
+    assert table[-1]["test_score"] > 0.8
+    assert main(["patch", "vision:digits-cnn", "--clean", str(tmp_path / "threes.pt"), "--corrupted",
+                 str(tmp_path / "eights.pt"), "--metric", "logit_diff:3,8", "--out", str(tmp_path / "patch")]) == 0
+    assert main(["collect", "vision:digits-cnn", "--data", data, "--pool", "mean",
+                 "--out", str(tmp_path / "store")]) == 0
+    assert "stored 80 rows" in capsys.readouterr().out
+    config = tmp_path / "analysis.toml"
+    config.write_text(f'model = "vision:digits-vit"\ndata = "{data}"\nout = "{tmp_path / "report"}"\n'
+                      f'clean = "{tmp_path / "threes.pt"}"\ncorrupted = "{tmp_path / "eights.pt"}"\n'
+                      f'metric = "logit_diff:3,8"\n')
+    assert main(["report", "--config", str(config)]) == 0
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    expected = {"Sites", "Logit lens", "Probes with control tasks", "Activation patching", "Attribution maps"}
+    assert expected <= set(results)
+    doc = (tmp_path / "report" / "report.html").read_text()
+    assert 'href="#glossary"' in doc and "selectivity" in doc and "About this run" in doc
