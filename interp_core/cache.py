@@ -40,6 +40,14 @@ class ActivationCache(Mapping[str, torch.Tensor]):
             if a is not None and len(a) != t.dim():
                 raise InputError(f"site '{k}': tensor of shape {tuple(t.shape)} does not match axes {a}")
 
+    @classmethod
+    def trusted(cls, data: dict[str, torch.Tensor], axes: dict[str, tuple[str, ...] | None],
+                sites: dict[str, Any]) -> "ActivationCache":
+        """A cache from parts already checked by the caller (the traced fast path: axes fixed per graph)."""
+        cache = cls.__new__(cls)
+        cache._data, cache._axes, cache._sites = data, axes, sites
+        return cache
+
     # Mapping interface
     def __getitem__(self, name: str) -> torch.Tensor:
         if name in self._data:

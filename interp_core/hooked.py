@@ -34,6 +34,8 @@ from .cache import ActivationCache
 from .errors import InputError, InputTypeError, InterpError, InterpWarning
 from .forwards import MakeForward, replace_forward
 from .sites import Adapter, GenericAdapter, HookFn, Site, SiteTable, infer_axes
+from .traced import TracedCache
+from .traced import usable as traced_usable
 
 Inputs = Any  # a tensor, a tuple of positional arguments, or a dict of keyword arguments
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ def signature(inputs: Inputs) -> tuple:
 
 def call_model(model: Callable, inputs: Inputs) -> Any:
     """Call ``model`` on ``inputs``: a tuple/list is unpacked as positional args, a dict as kwargs."""
+    if type(inputs) is torch.Tensor:  # the common case first: the ABC check below costs a microsecond
+        return model(inputs)
     if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
@@ -116,6 +120,9 @@ class HookedModel:
                                  f"{s.module_path!r}, which the model does not have")
         self._table = SiteTable(self._raw_sites)
         self._traced = False
+        self.fast_cache = True  # run_with_cache may use a torch.fx graph where it gives the same values
+        self._traced_graphs: TracedCache | None = None
+        self._plans: dict[Any, Any] = {}
         self._trace_signature: tuple | None = None
         self._trace_description = ""
         self._warned_train = False
@@ -227,12 +234,48 @@ class HookedModel:
                 return self._call(inputs)
         return self._call(inputs)
 
-    def _call(self, inputs: Inputs) -> Any:
+    def _cache_traced(self, inputs: Inputs, sites: Sequence[str] | str | None, pool: Any,
+                      ) -> tuple[Any, ActivationCache] | None:
+        """The traced fast path (:mod:`interp_core.traced`), or ``None`` where the hooks must serve."""
+        if self.model.training:
+            return None
         try:
-            return call_model(self.model, inputs)
+            key = (sites if isinstance(sites, str) or sites is None else tuple(sites),
+                   pool if pool is None or isinstance(pool, (str, int)) else repr(pool))
+            plan = self._plans.get(key, False)
+        except TypeError:  # unhashable sites
+            return None
+        if plan is False:
+            targets = self._resolve(sites)
+            pools = dict(pool) if isinstance(pool, Mapping) else {s.name: pool for s in targets}
+            if any(s.axes is None for s in targets):
+                plan = None
+            else:
+                if self._traced_graphs is None:
+                    self._traced_graphs = TracedCache(self.model)
+                plan = self._traced_graphs.get(targets, pools)
+                if plan is not None:
+                    plan = (*plan, list(self.model.modules()))
+            self._plans[key] = plan
+        if plan is None:
+            return None
+        gm, inlined, axes, names, modules = plan
+        if not traced_usable(self.model, modules, inlined):
+            return None
+        grad_before = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        try:
+            out, recorded = self._call(inputs, gm.forward)
+        finally:
+            torch.set_grad_enabled(grad_before)
+        return out, ActivationCache.trusted(dict(zip(names, recorded)), axes, names)
+
+    def _call(self, inputs: Inputs, fn: Callable | None = None) -> Any:
+        try:
+            return call_model(fn if fn is not None else self.model, inputs)
         except InterpError:
             raise
-        except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as e:  # timm asserts on shapes
             if getattr(e, "_interp_from_hook", False):
                 raise
             from .boundary import describe_inputs
@@ -338,6 +381,8 @@ class HookedModel:
         # (start, end) of every module that ran exactly once: what finished before a site can be reused
         self._span = {p: (e[0], e[1]) for p, e in events.items() if len(e) == 2 and p}
         self._completed_memo = {}
+        self._traced_graphs = None  # graphs built for the earlier trace's sites are dropped
+        self._plans = {}
         self._traced = True
         from .boundary import describe_inputs
 
@@ -517,6 +562,10 @@ class HookedModel:
             when pooled.
         """
         self._ensure_traced(inputs)
+        if not grad and not interventions and self.fast_cache:
+            fast = self._cache_traced(inputs, sites, pool)
+            if fast is not None:
+                return fast
         targets = self._resolve(sites)
         pools = dict(pool) if isinstance(pool, Mapping) else {s.name: pool for s in targets}
         if grad and any(pools.get(s.name) is not None for s in targets):
@@ -562,8 +611,9 @@ class HookedModel:
             out = self._run(inputs)
         missing = [s.name for s in targets if s.name not in store]
         if missing:
-            raise RuntimeError(f"sites {missing} did not run in this forward (a module the model skips?)")
-        return out, ActivationCache(store, axes, {s.name: s for s in targets})
+            raise InputError(f"sites: {missing} did not run in this forward (a module the model skips, or a branch "
+                             f"this input does not take); ask for sites that run")
+        return out, ActivationCache({s.name: store[s.name] for s in targets}, axes, {s.name: s for s in targets})
 
 
 def _bind(intervention: Callable, site: Site) -> HookFn:

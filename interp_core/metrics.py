@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError, InputTypeError
+from .errors import InputError, InputTypeError, InterpError
 
 
 class Metric:
@@ -33,7 +33,14 @@ class Metric:
         self.name = name
 
     def __call__(self, output: Any) -> torch.Tensor:
-        m = self.fn(output)
+        try:
+            m = self.fn(output)
+        except (IndexError, RuntimeError, TypeError, ValueError, KeyError) as e:
+            if isinstance(e, InterpError):
+                raise
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise InputError(f"metric {self.name!r} failed on the model's output ({shape}): {e}; check that the "
+                             f"metric's classes or keys exist in this output") from None
         if not isinstance(m, torch.Tensor) or m.dim() != 1:
             shape = tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__
             raise InputError(f"metric {self.name!r} returned {shape}; a metric returns one number per example, "

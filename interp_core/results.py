@@ -48,10 +48,14 @@ def save_json(obj: Any, path: str | os.PathLike) -> Path:
 
 
 class Result:
-    """Mixin for result dataclasses: ``to_dict`` and ``save``."""
+    """Base of every result dataclass: ``to_dict`` (numbers and configuration as JSON types), ``save`` (atomic
+    JSON) and ``plot`` (the result's standard figure; each result class defines its own)."""
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(self)
 
     def save(self, path: str | os.PathLike) -> Path:
         return save_json(self, path)
+
+    def plot(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} has no standard figure yet")

@@ -1,0 +1,143 @@
+"""The traced fast path of :meth:`~interp_core.HookedModel.run_with_cache`.
+
+At batch 1 a small policy's forward takes ~30 us, less than setting up and removing hooks, so no hook-based
+cache gets near a bare forward there. Where the model traces with ``torch.fx``, the hooked model builds once per
+(model, sites, pooling) a graph that returns the output plus the requested activations — each copied (or pooled)
+right where it is produced, as the hooks would — keeps it, and calls it per forward.
+
+Activations are returned as the graph computed them — no copy — unless some operation of the graph works in
+place (``ReLU(inplace=True)``, ``out += x``, ``x.add_(...)``), in which case each is copied where it is produced,
+as the hooks do. It is used only when it gives exactly what the hooks give (tested bit for bit): every asked
+site is a plain module output (no virtual sites, no read/write functions), no gradients and no interventions are asked for,
+every module is in eval mode (``torch.fx`` bakes ``self.training`` into the graph), no forward override is
+active, and no hook is registered on a module whose code the graph inlines (the graph would skip it) or
+globally. Anything else, and any model that does not trace, takes the hook path.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from .axes import pool as pool_tensor
+
+_FAILED = object()
+
+
+def _record(how: Any, axes: tuple[str, ...] | None, pos_names: dict[str, int], copy: bool) -> Callable[[Any], Any]:
+    def record(act: torch.Tensor) -> torch.Tensor:  # the graph runs under no_grad: nothing to detach
+        if how is None:
+            return act.clone() if copy else act
+        pooled, _ = pool_tensor(act, axes, how, pos_names)
+        return pooled.clone() if copy and (pooled._base is not None or pooled is act) else pooled
+    return record
+
+
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                      operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift,
+                      operator.irshift, operator.imatmul, operator.setitem}
+
+
+def _mutates(node: fx.Node, root: nn.Module) -> bool:
+    """Whether a graph node may write into one of its inputs (then recorded activations must be copies)."""
+    if node.op == "call_module":
+        return bool(getattr(root.get_submodule(str(node.target)), "inplace", False))
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return node.target in _INPLACE_FUNCTIONS or (name.endswith("_") and not name.endswith("__")) or bool(
+            node.kwargs.get("inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_") and not str(node.target).endswith("__")
+    return False
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, leaves: set[str]):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+class TracedCache:
+    """``(GraphModule, inlined modules)`` per (sites, pooling) key, built on first use; ``None`` where the model
+    does not trace or a site is not a node of the graph."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.graphs: dict[Any, Any] = {}
+
+    def get(self, sites: Sequence[Any], pools: dict[str, Any]) -> tuple[fx.GraphModule, list[nn.Module], dict,
+                                                                        dict] | None:
+        key = tuple((s.name, repr(pools.get(s.name))) for s in sites)
+        got = self.graphs.get(key)
+        if got is None:
+            got = self._build(sites, pools)
+            self.graphs[key] = got
+        return None if got is _FAILED else got
+
+    def _build(self, sites: Sequence[Any], pools: dict[str, Any]) -> Any:
+        if any(s.kind != "output" or s.read is not None or s.write is not None for s in sites):
+            return _FAILED
+        leaves = {s.module_path for s in sites if s.module_path}
+        try:
+            graph = _Tracer(leaves).trace(self.model)
+        except Exception:  # data-dependent control flow, numpy inside forward, ...: the hooks serve
+            return _FAILED
+        calls: dict[str, list[fx.Node]] = {}
+        for node in graph.nodes:
+            if node.op == "call_module":
+                calls.setdefault(str(node.target), []).append(node)
+        output = next(n for n in graph.nodes if n.op == "output")
+        # the activations are returned without a copy unless some op of the graph works in place
+        copy = any(_mutates(n, self.model) for n in graph.nodes)
+        recorded = []
+        for s in sites:
+            if s.module_path == "":
+                node = output.args[0]
+                if not isinstance(node, fx.Node):
+                    return _FAILED
+            else:
+                nodes = calls.get(s.module_path, [])
+                index = s.call_index or 0
+                if len(nodes) <= index or (s.call_index is None and len(nodes) != 1):
+                    return _FAILED
+                node = nodes[index]
+            with graph.inserting_after(node):
+                rec = graph.call_function(_record(pools.get(s.name), s.axes, dict(s.pos_names), copy), (node,))
+            recorded.append(rec)
+        graph.output((output.args[0], tuple(recorded)))
+        graph.erase_node(output)
+        try:
+            gm = fx.GraphModule(self.model, graph)
+        except Exception:
+            return _FAILED
+        used = {str(n.target) for n in graph.nodes if n.op == "call_module"}
+        inlined = [m for path, m in self.model.named_modules()
+                   if path not in used and not any(path.startswith(u + ".") for u in used)]
+        axes = {s.name: (s.axes if pools.get(s.name) is None or "pos" not in s.axes
+                         else tuple(a for a in s.axes if a != "pos")) for s in sites}
+        return gm, inlined, axes, {s.name: s for s in sites}
+
+
+def usable(model: nn.Module, modules: Sequence[nn.Module], inlined: Sequence[nn.Module]) -> bool:
+    """Whether the graph computes exactly what the model would now: eval mode everywhere, no forward override,
+    no hook that the graph would skip."""
+    from torch.nn.modules import module as module_mod
+
+    from .forwards import _REGISTRY
+
+    if len(_REGISTRY) or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+        return False
+    for m in modules:
+        if m.training:
+            return False
+    for m in inlined:
+        if m._forward_hooks or m._forward_pre_hooks:
+            return False
+    return True

@@ -1,0 +1,123 @@
+"""The traced fast path of run_with_cache gives bit for bit what the hooks give, and steps aside where it cannot."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import vision
+from interp_core import HookedModel
+from interp_core.forwards import replace_forward
+from interp_core.interventions import Ablate
+
+from ..conftest import make_cnn, make_policy, make_vit
+
+
+def _pairs(hm, x, sites, pool=None):
+    hm.fast_cache = True
+    fast = hm.run_with_cache(x, sites=sites, pool=pool)
+    used = bool(hm._plans) and any(p is not None for p in hm._plans.values())
+    hm.fast_cache = False
+    slow = hm.run_with_cache(x, sites=sites, pool=pool)
+    hm.fast_cache = True
+    return fast, slow, used
+
+
+def _equal(a, b):
+    out_a, cache_a = a
+    out_b, cache_b = b
+    assert torch.equal(out_a, out_b)
+    assert list(cache_a) == list(cache_b)
+    for k in cache_a:
+        assert torch.equal(cache_a[k], cache_b[k]), k
+        assert cache_a.axes(k) == cache_b.axes(k), k
+
+
+MODELS = {
+    "cnn (in-place ReLU, in-place add, reused ReLU)": (make_cnn, (2, 3, 8, 8)),
+    "policy MLP": (make_policy, (1, 6)),
+    "torchvision resnet18": (lambda: torchvision.models.resnet18(num_classes=10).eval(), (2, 3, 32, 32)),
+    "digits-cnn (zoo)": (lambda: vision.zoo.load("digits-cnn", hooked=False), (3, 1, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("pool", [None, "mean"])
+def test_traced_equals_hooks_on_every_site(name, pool):
+    make, shape = MODELS[name]
+    model = make()
+    hm = HookedModel(model)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    hm.trace(x)
+    every = [n for n in hm.sites.names if hm.sites[n].axes is not None and hm.sites[n].kind == "output"]
+    paths = {hm.sites[n].module_path for n in every}
+    leaves = [n for n in every if not any(p.startswith(hm.sites[n].module_path + ".") for p in paths)
+              and hm.sites[n].module_path]
+    nested = any(q.startswith(p + ".") for p in paths if p for q in paths)
+    for sites, served in ((hm.default_sites, True), (leaves, True), (every, not nested)):
+        hm._plans.clear()
+        fast, slow, used = _pairs(hm, x, sites, pool)
+        _equal(fast, slow)
+        # a site inside another asked-for site cannot be a node of one graph: then the hooks serve
+        assert used == served, (sites, used)
+
+
+def test_cached_activations_are_safe_from_in_place_ops():
+    """make_cnn's block ends with `out += x; relu_(out)`: the graph copies what it records, as the hooks do."""
+    model = make_cnn()
+    hm = HookedModel(model, adapter="generic")
+    x = torch.randn(2, 3, 8, 8)
+    _, cache = hm.run_with_cache(x, sites=["block.bn2", "stem"])
+    ref = {}
+    h1 = model.block.bn2.register_forward_hook(lambda m, a, o: ref.__setitem__("bn2", o.clone()))
+    h2 = model.stem.register_forward_hook(lambda m, a, o: ref.__setitem__("stem", o.clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        h1.remove()
+        h2.remove()
+    assert torch.equal(cache["block.bn2"], ref["bn2"]) and torch.equal(cache["stem"], ref["stem"])
+
+
+def test_the_fast_path_steps_aside():
+    model = make_policy()
+    hm = HookedModel(model)
+    x = torch.randn(4, 6)
+    ref = hm.run_with_cache(x, sites=["0", "2"])
+    assert any(p is not None for p in hm._plans.values())
+    # a user's hook on the (inlined) root: the graph would skip it, so the hooks serve and the user's hook fires
+    calls = []
+    h = model.register_forward_hook(lambda m, a, o: calls.append(1))
+    try:
+        _equal(hm.run_with_cache(x, sites=["0", "2"]), ref)
+        assert calls == [1]
+    finally:
+        h.remove()
+    # a forward override (patching's prefix reuse, the ViT's instrumentation): the hooks serve
+    handle = replace_forward(model[2], lambda m, inner: (lambda t: inner(t) * 0))
+    try:
+        out, cache = hm.run_with_cache(x, sites=["2"])
+        assert torch.count_nonzero(cache["2"]) == 0
+    finally:
+        handle.remove()
+    # train mode: dropout/batch statistics are not baked into a graph
+    drop = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.9))
+    hd = HookedModel(drop.train())
+    with pytest.warns(UserWarning):
+        _, c = hd.run_with_cache(torch.ones(64, 6), sites=["1"])
+    assert (c["1"] == 0).float().mean() > 0.5  # dropout was active, as the model's mode says
+    # interventions and gradients always take the hooks
+    _, cache = hm.run_with_cache(x, sites=["2"], interventions={"0": Ablate("zero")})
+    assert not torch.equal(cache["2"], ref[1]["2"])
+    _, cache = hm.run_with_cache(x, sites=["2"], grad=True)
+    assert cache["2"].requires_grad
+
+
+def test_virtual_sites_take_the_hooks_and_agree():
+    vit = vision.wrap(make_vit())
+    x = torch.randn(2, 3, 16, 16)
+    fast, slow, _ = _pairs(vit, x, ["blocks.0.attn.z", "blocks.1.resid_post"])
+    _equal(fast, slow)
