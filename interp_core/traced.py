@@ -8,9 +8,9 @@ right where it is produced, as the hooks would — keeps it, and calls it per fo
 Activations are returned as the graph computed them — no copy — unless some operation of the graph works in
 place (``ReLU(inplace=True)``, ``out += x``, ``x.add_(...)``), in which case each is copied where it is produced,
 as the hooks do. It is used only when it gives exactly what the hooks give (tested bit for bit): every asked
-site is a plain module output (no virtual sites, no read/write functions), no gradients and no interventions are asked for,
-every module is in eval mode (``torch.fx`` bakes ``self.training`` into the graph), no forward override is
-active, and no hook is registered on a module whose code the graph inlines (the graph would skip it) or
+site is a plain module output (no virtual sites, no read/write functions), no gradients and no interventions
+are asked for, every module is in eval mode (``torch.fx`` bakes ``self.training`` into the graph), no forward
+override is active, and no hook is registered on a module whose code the graph inlines (the graph would skip it) or
 globally. Anything else, and any model that does not trace, takes the hook path.
 """
 
