@@ -33,7 +33,17 @@ class Intervention:
         self.heads = heads
         self.features = features
 
+    def _selects(self) -> bool:
+        return any(v is not None for v in (self.positions, self.heads, self.features))
+
     def mask(self, act: torch.Tensor, site: Site) -> torch.Tensor | None:
+        """Boolean mask broadcastable to ``act`` (``None``: every entry), from the selectors."""
+        if not self._selects():
+            return None
+        if site.axes is None or len(site.axes) != act.dim():
+            raise InputError(f"{type(self).__name__} at site '{site.name}': the selectors need the site's axes, but "
+                             f"they are {site.axes} for an activation of shape {tuple(act.shape)}; give the "
+                             f"adapter axes for this site (GenericAdapter(axes={{...}})) or use Replace(fn)")
         m = selection_mask(act.shape, site.axes, positions=self.positions, heads=self.heads,
                            features=self.features, pos_names=site.pos_names, site=site.name)
         return None if m is None else m.to(act.device)
@@ -43,6 +53,15 @@ class Intervention:
 
     def __call__(self, act: torch.Tensor, site: Site) -> torch.Tensor:
         new = self._compute(act, site)
+        name = type(self).__name__
+        if not isinstance(new, torch.Tensor) or new.shape != act.shape:
+            got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+            raise InputError(f"{name} at site '{site.name}' returned shape {got}, expected {tuple(act.shape)} "
+                             f"(axes {site.axes}); an intervention must keep the activation's shape")
+        if new.dtype != act.dtype:
+            raise InputError(f"{name} at site '{site.name}' returned {str(new.dtype).replace('torch.', '')} for a "
+                             f"{str(act.dtype).replace('torch.', '')} activation; return the activation's dtype "
+                             f"(e.g. fn(a).to(a.dtype)) so the layers after it receive what they expect")
         m = self.mask(act, site)
         return new if m is None else torch.where(m, new, act)
 
@@ -113,6 +132,9 @@ class Ablate(Intervention):
     def _reference(self, act: torch.Tensor, site: Site) -> torch.Tensor:
         ref = _source_tensor(self.stats, site).to(device=act.device, dtype=act.dtype)
         b = _batch_dim(site)
+        if ref.numel() == 0:
+            raise InputError(f"Ablate({self.method!r}) at site '{site.name}': stats hold no reference examples "
+                             f"(shape {tuple(ref.shape)}); record them over a non-empty dataset")
         per_example = act.shape[:b] + act.shape[b + 1:]
         if self.method == "mean" and ref.shape == per_example:
             return ref.unsqueeze(b)
@@ -142,15 +164,26 @@ def _direction(direction: Any, d: int, site: Site, what: str) -> torch.Tensor:
     if v.numel() != d:
         raise InputError(f"{what} at site '{site.name}': direction has {v.numel()} entries, expected {d} "
                          f"(the site's head x feature size; axes {site.axes})")
+    if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+        raise InputError(f"{what} at site '{site.name}': direction has NaN or infinite entries; give a finite "
+                         f"direction")
     return v
 
 
 class Steer(Intervention):
     """Add ``alpha * direction`` in the site's feature space (head and feature axes flattened, as in
-    ``cache.features``), at the selected positions. ``direction`` is used as given (not normalised)."""
+    ``cache.features``): ``a' = a + alpha * v`` with ``v`` of size ``d = heads x features``, used as given
+    (not normalised).
 
-    def __init__(self, direction: Any, alpha: float = 1.0, positions: Any = None):
-        super().__init__(positions)
+    Selectors keep the change to the selected entries: ``positions=`` (only there), ``heads=`` (only the
+    entries of those heads, i.e. ``a'[..., h, :] = a[..., h, :] + alpha * v[h]`` for a selected head ``h``
+    and ``a`` elsewhere), ``features=`` (only those coordinates). ``direction`` stays ``[d]`` either way;
+    its entries outside the selection are ignored.
+    """
+
+    def __init__(self, direction: Any, alpha: float = 1.0, positions: Any = None, heads: Any = None,
+                 features: Any = None):
+        super().__init__(positions, heads, features)
         self.direction = direction
         self.alpha = alpha
 
@@ -162,10 +195,17 @@ class Steer(Intervention):
 
 class ProjectOut(Intervention):
     """Remove the component along ``direction`` (or the span of several, rows of a ``[k, d]`` matrix) in
-    the site's feature space: ``x - P x`` with ``P`` the orthogonal projector onto the span."""
+    the site's feature space: ``a' = a - P a`` with ``P = Q Q^T`` the orthogonal projector onto the span
+    (``Q`` an orthonormal basis of it, from the SVD of the rows; directions that add nothing to the span
+    are dropped).
 
-    def __init__(self, direction: Any, positions: Any = None):
-        super().__init__(positions)
+    Selectors keep the change to the selected entries: ``positions=``, ``heads=`` (for a direction that is
+    zero outside head ``h``'s block this is the projection within that head: ``a'[..., h, :] = a_h -
+    (a_h . u) u``), ``features=`` (the selected coordinates of ``a - P a``; the rest stay as they were).
+    """
+
+    def __init__(self, direction: Any, positions: Any = None, heads: Any = None, features: Any = None):
+        super().__init__(positions, heads, features)
         self.direction = direction
 
     def _compute(self, act: torch.Tensor, site: Site) -> torch.Tensor:
@@ -173,10 +213,17 @@ class ProjectOut(Intervention):
         d = flat.shape[-1]
         v = torch.as_tensor(self.direction).to(act.device, act.dtype)
         basis = v.reshape(1, -1) if v.dim() == 1 else v
-        if basis.shape[-1] != d:
-            raise InputError(f"ProjectOut at site '{site.name}': direction has {basis.shape[-1]} features, "
-                             f"expected {d} (axes {site.axes})")
-        q, _ = torch.linalg.qr(basis.T)  # orthonormal basis of the span, [d, k]
+        if basis.dim() != 2 or basis.shape[-1] != d:
+            raise InputError(f"ProjectOut at site '{site.name}': direction has shape {tuple(v.shape)}, expected "
+                             f"[{d}] or [k, {d}] (the site's head x feature size; axes {site.axes})")
+        if not bool(torch.isfinite(basis).all()):
+            raise InputError(f"ProjectOut at site '{site.name}': direction has NaN or infinite entries")
+        _, sv, vh = torch.linalg.svd(basis, full_matrices=False)
+        keep = sv > sv.max() * max(basis.shape) * torch.finfo(sv.dtype).eps if sv.numel() else sv > 0
+        if not bool(keep.any()):
+            raise InputError(f"ProjectOut at site '{site.name}': the direction is zero, so there is nothing to "
+                             f"project out; give a non-zero direction")
+        q = vh[keep].T  # orthonormal basis of the span, [d, k]
         return restore(flat - (flat @ q) @ q.T)
 
 

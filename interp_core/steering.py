@@ -11,6 +11,11 @@
 Directions live in the site's feature space as :meth:`ActivationCache.features` defines it (head and feature
 axes flattened to ``d``); steering adds the vector at every selected position.
 
+Every function takes a :class:`~interp_core.HookedModel` or any ``nn.Module`` and any data form of
+:mod:`interp_core.boundary` (tensors, numpy arrays, Datasets, DataLoaders; NaN / inf / empty data refused),
+a metric or class index through :func:`~interp_core.metrics.as_metric`, and runs in eval mode
+(``hm.analysis()``: module flags and BatchNorm statistics are left as they were).
+
 Closed-loop use (e.g. RL rollouts): pass ``runner(hm, interventions) -> output`` to :func:`steering_sweep`;
 it runs whatever it needs (an episode under ``hm.intervene(interventions)``) and ``metric(output)`` turns
 the output into one number per episode.
@@ -18,7 +23,6 @@ the output into one number per episode.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,60 +31,65 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from .boundary import as_hooked, iter_batches
 from .errors import InputError, InputTypeError
-from .hooked import HookedModel, Inputs, call_model
+from .hooked import HookedModel
 from .interventions import Steer
-
-Metric = Callable[[Any], torch.Tensor]
-
-
-def _hooked(model: Any) -> HookedModel:
-    if isinstance(model, HookedModel):
-        return model
-    if isinstance(model, torch.nn.Module):
-        return HookedModel(model)
-    raise InputTypeError(f"expected a HookedModel or an nn.Module, got {type(model).__name__}")
+from .metrics import Metric, as_metric
+from .results import Result, save_json
 
 
-def _batches(inputs: Inputs, batch_size: int | None) -> list[Inputs]:
-    if batch_size is None or not isinstance(inputs, torch.Tensor) or len(inputs) <= batch_size:
-        return [inputs]
-    return [inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size)]
+def _mean_rows(hm: HookedModel, inputs: Any, site: str, pool: Any, batch_size: int | None,
+               argument: str) -> torch.Tensor:
+    """Mean feature row ``[d]`` of ``site`` over ``inputs`` (accumulated in float64, returned in the
+    activation's dtype); ``hm`` is already in analysis mode."""
+    total, count, dtype = None, 0, None
+    for batch in iter_batches(inputs, model=hm, batch_size=batch_size, sites=[site], argument=argument):
+        _, cache = hm.run_with_cache(batch.inputs, sites=[site], pool=pool)
+        rows = cache.features(site)
+        dtype = rows.dtype
+        total = rows.double().sum(0) if total is None else total + rows.double().sum(0)
+        count += rows.shape[0]
+    if not count:  # iter_batches refuses empty data; a site with no rows per input would end here
+        raise InputError(f"{argument}: no activation rows at site '{site}'; give at least one example")
+    return (total / count).to(dtype)
 
 
-def mean_features(model: Any, inputs: Inputs, site: str, pool: Any = "mean",
-                  batch_size: int | None = 256) -> torch.Tensor:
-    """Mean feature row ``[d]`` of ``site`` over ``inputs`` (rows as :meth:`ActivationCache.features`)."""
-    hm = _hooked(model)
-    total, count = None, 0
-    with hm.evaluating():
-        for chunk in _batches(inputs, batch_size):
-            _, cache = hm.run_with_cache(chunk, sites=[site], pool=pool)
-            rows = cache.features(site).double()
-            total = rows.sum(0) if total is None else total + rows.sum(0)
-            count += rows.shape[0]
-    if not count:
-        raise InputError(f"no activation rows at site '{site}': the inputs are empty")
-    return (total / count).float()
+def mean_features(model: Any, inputs: Any, site: str, pool: Any = "mean", batch_size: int | None = 256,
+                  train: bool = False) -> torch.Tensor:
+    """Mean feature row ``[d]`` of ``site`` over ``inputs``: ``(1/N) sum_n rows_n`` with the rows of
+    :meth:`ActivationCache.features` (after ``pool``), in the activation's dtype.
+
+    ``model``: a :class:`~interp_core.HookedModel` or any ``nn.Module``; ``inputs``: any data form of
+    :mod:`interp_core.boundary` (tensor, numpy array, Dataset, DataLoader, ...). Runs in eval mode unless
+    ``train=True`` (buffers restored either way).
+    """
+    hm = as_hooked(model)
+    with hm.analysis(train=train):
+        return _mean_rows(hm, inputs, site, pool, batch_size, "inputs")
 
 
-def diff_means(model: Any, inputs_a: Inputs, inputs_b: Inputs, site: str, pool: Any = "mean",
-               normalize: bool = False, batch_size: int | None = 256) -> torch.Tensor:
+def diff_means(model: Any, inputs_a: Any, inputs_b: Any, site: str, pool: Any = "mean",
+               normalize: bool = False, batch_size: int | None = 256, train: bool = False) -> torch.Tensor:
     """Difference-of-means direction ``mean(a) - mean(b)`` ``[d]`` at ``site``.
 
     Args:
-        model: a :class:`~interp_core.hooked.HookedModel` (an ``nn.Module`` is wrapped).
-        inputs_a, inputs_b: the two groups of inputs (any batch sizes).
+        model: a :class:`~interp_core.hooked.HookedModel` or any ``nn.Module`` (wrapped by its adapter).
+        inputs_a, inputs_b: the two groups of inputs (any sizes and data forms the boundary accepts).
         site: the site name; ``d`` is its head x feature size.
         pool: how each input's positions are reduced before averaging (``"mean"``, ``"cls"``, a position,
             or ``None`` to average over every position of every input).
         normalize: return a unit vector.
+        train: run in train mode (default: eval mode; buffers restored either way).
 
     Adding ``alpha * diff_means(...)`` with ``alpha = 1`` moves group b's mean activation onto group a's.
     """
-    v = mean_features(model, inputs_a, site, pool, batch_size) - mean_features(model, inputs_b, site, pool,
-                                                                                  batch_size)
+    hm = as_hooked(model)
+    with hm.analysis(train=train):
+        v = (_mean_rows(hm, inputs_a, site, pool, batch_size, "inputs_a")
+             - _mean_rows(hm, inputs_b, site, pool, batch_size, "inputs_b"))
     if normalize:
         n = float(v.norm())
         if n == 0:
@@ -98,7 +107,7 @@ def probe_direction(probe: Any, label: Any = None, normalize: bool = True) -> to
 
 
 @dataclass
-class SteeringResult:
+class SteeringResult(Result):
     """Metric per steering strength.
 
     Attributes:
@@ -137,10 +146,12 @@ class SteeringResult:
                 for a, m, s in zip(self.alphas, self.mean, self.sem)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"site": self.site, "table": self.table, "values": self.values.tolist(), "config": self.config}
+        return {"site": self.site, "alphas": self.alphas.tolist(), "table": self.table,
+                "values": self.values.tolist(), "config": self.config}
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, default=str))
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON, atomically."""
+        return save_json(self.to_dict(), path)
 
     def plot(self, ax: Any = None) -> Any:
         """Mean metric ± SEM against alpha; returns the figure."""
@@ -159,65 +170,70 @@ class SteeringResult:
         return fig
 
 
-def steering_sweep(model: Any, inputs: Inputs, site: str, direction: Any, alphas: Sequence[float],
-                   metric: Metric, positions: Any = None, normalize: bool = False,
-                   batch_size: int | None = None,
-                   runner: Callable[[HookedModel, dict[str, Any]], Any] | None = None) -> SteeringResult:
+def steering_sweep(model: Any, inputs: Any, site: str, direction: Any, alphas: Sequence[float],
+                   metric: Callable[[Any], torch.Tensor] | Metric | int, positions: Any = None,
+                   normalize: bool = False, batch_size: int | None = None,
+                   runner: Callable[[HookedModel, dict[str, Any]], Any] | None = None, heads: Any = None,
+                   features: Any = None, progress: bool | None = None) -> SteeringResult:
     """Add ``alpha * direction`` at ``site`` for each alpha and record ``metric(output)``.
 
     Args:
-        model: a :class:`~interp_core.hooked.HookedModel` (an ``nn.Module`` is wrapped).
-        inputs: the inputs to run (ignored when ``runner`` is given).
+        model: a :class:`~interp_core.hooked.HookedModel` or any ``nn.Module`` (wrapped by its adapter).
+        inputs: the inputs to run, any data form the boundary accepts (ignored when ``runner`` is given).
         site: the site to steer; ``direction`` is ``[d]`` in its feature space (head x feature flattened).
         alphas: steering strengths (include 0 for the unsteered baseline).
         metric: ``metric(output) -> Tensor[batch]``, one number per example (e.g.
-            ``lambda out: out[:, 3] - out[:, 5]``, a logit difference).
-        positions: optional position selector (steer only there), in the site's terms.
+            ``interp_core.metrics.logit_diff(3, 5)``), or a class index (its logit).
+        positions, heads, features: optional selectors (steer only there), in the site's terms
+            (:class:`~interp_core.interventions.Steer`).
         normalize: scale ``direction`` to unit norm first.
-        batch_size: run ``inputs`` in chunks (then ``metric`` must be row-wise).
+        batch_size: examples per forward (default: from the site's activation size); ``metric`` is row-wise.
         runner: closed-loop runs: ``runner(hm, interventions) -> output`` replaces the forward on
             ``inputs`` (e.g. rollouts under ``hm.intervene(interventions)``).
+        progress: a progress bar over the alphas (``None``: only on a terminal).
+
+    Runs in eval mode (``hm.analysis()``: BatchNorm statistics and every module flag are left as they were).
 
     Returns:
         :class:`SteeringResult` with ``values [A, N]``.
     """
-    hm = _hooked(model)
-    site_obj = hm.sites[site]  # helpful KeyError for unknown names
-    v = torch.as_tensor(direction).detach().float().reshape(-1)
+    hm = as_hooked(model)
+    metric = as_metric(metric)
+    site_obj = hm.sites[site]  # SiteError naming the closest sites for unknown names
+    if not isinstance(direction, (torch.Tensor, np.ndarray, list, tuple)):
+        raise InputTypeError(f"direction: expected a [d] tensor or array, got {type(direction).__name__}")
+    v = torch.as_tensor(direction).detach().reshape(-1)
+    if not v.is_floating_point():
+        v = v.double()
     if not bool(torch.isfinite(v).all()):
-        raise InputError("the steering direction has NaN or inf entries")
+        raise InputError("direction: has NaN or infinite entries; give a finite steering direction")
     if normalize:
-        v = v / v.norm().clamp_min(1e-30)
+        n = float(v.norm())
+        if n == 0:
+            raise InputError("direction: is zero and cannot be normalised; give a non-zero direction")
+        v = v / n
     if runner is None and inputs is None:
-        raise InputError("give inputs= to run, or runner=(hm, interventions) -> output for closed-loop runs")
+        raise InputError("inputs: none given; give inputs= to run, or runner=(hm, interventions) -> output for "
+                         "closed-loop runs")
     alphas = [float(a) for a in alphas]
     if not alphas:
-        raise InputError("alphas is empty; give at least one steering strength")
+        raise InputError("alphas: empty; give at least one steering strength")
     rows = []
-    for a in alphas:
-        ivs = {site_obj.name: Steer(v, alpha=a, positions=positions)}
-        with torch.no_grad():
+    with hm.analysis(), torch.no_grad():
+        batches = None if runner is not None else [
+            b.inputs for b in iter_batches(inputs, model=hm, batch_size=batch_size, sites=[site_obj.name],
+                                           argument="inputs")]
+        for a in tqdm(alphas, desc="steering", unit="alpha", disable=None if progress is None else not progress):
+            ivs = {site_obj.name: Steer(v, alpha=a, positions=positions, heads=heads, features=features)}
             if runner is not None:
                 outs = [runner(hm, ivs)]
             else:
-                outs = []
-                for chunk in _batches(inputs, batch_size):
-                    hm._ensure_traced(chunk)
-                    with hm.intervene(ivs):
-                        outs.append(call_model(hm.model, chunk))
-            vals = []
-            for out in outs:
-                m = metric(out)
-                m = torch.as_tensor(m)
-                if m.dim() != 1:
-                    raise InputError(f"metric returned shape {tuple(m.shape)}; it must return one number per "
-                                     f"example, a 1-D Tensor[batch] (e.g. out[:, i] - out[:, j])")
-                vals.append(m.detach().double().cpu())
-        rows.append(torch.cat(vals).numpy())
+                outs = [hm.run_with_interventions(chunk, ivs) for chunk in batches]
+            rows.append(torch.cat([metric(out).detach().double().cpu() for out in outs]).numpy())
     sizes = {len(r) for r in rows}
     if len(sizes) != 1:
         raise InputError(f"metric returned different numbers of values across alphas {sorted(sizes)}")
-    config = {"alphas": alphas, "positions": repr(positions), "normalize": normalize,
-              "direction_norm": float(v.norm()), "metric": getattr(metric, "__name__", "metric"),
+    config = {"alphas": alphas, "positions": repr(positions), "heads": repr(heads), "features": repr(features),
+              "normalize": normalize, "direction_norm": float(v.norm()), "metric": metric.name,
               "closed_loop": runner is not None}
     return SteeringResult(alphas=np.asarray(alphas), values=np.stack(rows), site=site_obj.name, config=config)

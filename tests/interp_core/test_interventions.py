@@ -160,3 +160,104 @@ def test_patch_source_is_never_written_by_in_place_ops_downstream():
     with torch.no_grad():
         assert torch.equal(hm.run_with_interventions(x, {"block.bn2": Patch(cache)}), model(x))
     assert torch.equal(cache["block.bn2"], before)
+
+
+# ---------------------------------------------------------------------------------------------- heads= / features=
+def test_steer_heads_and_positions_match_closed_form():
+    m, hm = heads_model()
+    x = torch.randn(2, 7, 4)
+    v = torch.randn(30)  # [d] = 3 heads x 10 features
+    _, base = hm.run_with_cache(x, sites=["split"])
+    _, got = hm.run_with_cache(x, sites=["split"], interventions={"split": Steer(v, alpha=1.5, heads=[1])})
+    expected = base["split"].clone()
+    expected[:, :, 1] += 1.5 * v.reshape(3, 10)[1]  # only head 1's block of the direction, at every position
+    torch.testing.assert_close(got["split"], expected, rtol=0, atol=1e-6)
+    _, got = hm.run_with_cache(x, sites=["split"],
+                               interventions={"split": Steer(v, alpha=-2.0, heads=[0, 2], positions=[1, 4])})
+    expected = base["split"].clone()
+    for p in (1, 4):
+        for h in (0, 2):
+            expected[:, p, h] -= 2.0 * v.reshape(3, 10)[h]
+    torch.testing.assert_close(got["split"], expected, rtol=0, atol=1e-6)
+    # and the model output moves by the readout of that change (out = W (sum over positions of h) + b)
+    with torch.no_grad():
+        delta = (expected - base["split"]).reshape(2, 7, 30).sum(1) @ m.out.weight.T
+        out = hm.run_with_interventions(x, {"split": Steer(v, alpha=-2.0, heads=[0, 2], positions=[1, 4])})
+        torch.testing.assert_close(out, m(x) + delta, rtol=0, atol=1e-5)
+
+
+def test_steer_features_on_cnn_channels_match_closed_form():
+    model = make_cnn()
+    hm = HookedModel(model)
+    x = torch.randn(2, 3, 8, 8)
+    v = torch.randn(8)
+    _, base = hm.run_with_cache(x, sites=["stem"])
+    _, got = hm.run_with_cache(x, sites=["stem"], interventions={"stem": Steer(v, alpha=0.5, features=[0, 3])})
+    expected = base["stem"].clone()
+    expected[:, [0, 3]] += 0.5 * v[[0, 3]][None, :, None, None]
+    torch.testing.assert_close(got["stem"], expected, rtol=0, atol=1e-6)
+    mask = torch.zeros(8, dtype=torch.bool)
+    mask[[0, 3]] = True  # a boolean mask selects the same channels
+    _, same = hm.run_with_cache(x, sites=["stem"], interventions={"stem": Steer(v, alpha=0.5, features=mask)})
+    assert torch.equal(same["stem"], got["stem"])
+
+
+def test_project_out_heads_is_the_projection_within_that_head():
+    m, hm = heads_model()
+    x = torch.randn(3, 7, 4)
+    u = torch.randn(10)
+    direction = torch.zeros(3, 10)
+    direction[2] = u  # zero outside head 2's block
+    _, base = hm.run_with_cache(x, sites=["split"])
+    _, got = hm.run_with_cache(x, sites=["split"],
+                               interventions={"split": ProjectOut(direction.reshape(-1), heads=[2])})
+    a = base["split"]
+    expected = a.clone()
+    expected[:, :, 2] = a[:, :, 2] - (a[:, :, 2] @ u)[..., None] * u / u.dot(u)
+    torch.testing.assert_close(got["split"], expected, rtol=0, atol=1e-5)
+    assert got["split"][:, :, 2].matmul(u).abs().max() < 1e-4
+
+
+def test_project_out_features_changes_only_those_coordinates():
+    model = make_policy()
+    hm = HookedModel(model)
+    x = torch.randn(4, 6)
+    basis = torch.randn(2, 16)  # project out a 2-d span
+    _, base = hm.run_with_cache(x, sites=["2"])
+    _, got = hm.run_with_cache(x, sites=["2"], interventions={"2": ProjectOut(basis, features=[1, 5, 9])})
+    a = base["2"].double()
+    b = basis.double()
+    projected = a - a @ b.T @ torch.linalg.inv(b @ b.T) @ b  # closed form of x - P x for a full-rank basis
+    expected = a.clone()
+    expected[:, [1, 5, 9]] = projected[:, [1, 5, 9]]
+    torch.testing.assert_close(got["2"].double(), expected, rtol=0, atol=1e-5)
+    # a repeated direction adds nothing to the span: same as projecting the single one
+    _, twice = hm.run_with_cache(x, sites=["2"], interventions={"2": ProjectOut(torch.stack([b[0], 2 * b[0]]).float())})
+    _, once = hm.run_with_cache(x, sites=["2"], interventions={"2": ProjectOut(basis[0])})
+    torch.testing.assert_close(twice["2"], once["2"], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_wrong_shape_dtype_empty_and_degenerate_get_the_suites_errors():
+    from interp_core.errors import InputError
+
+    model = make_cnn()
+    hm = HookedModel(model, example_input=torch.randn(1, 3, 8, 8))
+    x = torch.randn(2, 3, 8, 8)
+    # a selector over a Replace whose output has the wrong shape: the site and the fix, not a broadcast error
+    with pytest.raises(InputError, match=r"Replace at site 'stem' returned shape \(2, 8, 8\), expected"):
+        hm.run_with_interventions(x, {"stem": Replace(lambda a: a.mean(1), positions=[(0, 0)])})
+    with pytest.raises(InputError, match=r"Replace at site 'stem' returned float64 for a float32 activation; "
+                                         r"return the activation's dtype"):
+        hm.run_with_interventions(x, {"stem": Replace(lambda a: a.double())})
+    with pytest.raises(InputError, match=r"Ablate\('mean'\) at site 'stem': stats hold no reference examples"):
+        hm.run_with_interventions(x, {"stem": Ablate("mean", stats=torch.empty(0, 8, 8, 8))})
+    with pytest.raises(InputError, match=r"Ablate\('resample'\) at site 'stem': stats hold no reference"):
+        hm.run_with_interventions(x, {"stem": Ablate("resample", stats=torch.empty(0, 8, 8, 8))})
+    with pytest.raises(InputError, match="ProjectOut at site 'stem': the direction is zero"):
+        hm.run_with_interventions(x, {"stem": ProjectOut(torch.zeros(8))})
+    with pytest.raises(InputError, match="Steer at site 'stem': direction has NaN or infinite entries"):
+        hm.run_with_interventions(x, {"stem": Steer(torch.full((8,), float("nan")))})
+    with pytest.raises(InputError, match=r"ProjectOut at site 'stem': direction has shape \(2, 2, 8\)"):
+        hm.run_with_interventions(x, {"stem": ProjectOut(torch.randn(2, 2, 8))})
+    assert not any(mod._forward_hooks or mod._forward_pre_hooks for mod in model.modules())

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from interp_core import HookedModel
+from interp_core.metrics import logit_diff
 from interp_core.probes import LinearProbe
 from interp_core.steering import SteeringResult, diff_means, mean_features, probe_direction, steering_sweep
 
@@ -137,3 +138,94 @@ def test_closed_loop_runner_and_errors(tmp_path):
         steering_sweep(policy, torch.randn(4, 6), "2", torch.randn(5), [1.0], metric=lambda o: o[:, 0])
     with pytest.raises(KeyError, match="unknown site"):
         steering_sweep(policy, torch.randn(4, 6), "22", v, [1.0], metric=lambda o: o[:, 0])
+
+
+# ---------------------------------------------------------------------------------------------- the boundary
+def test_train_mode_model_is_steered_in_eval_mode_and_left_as_it_was():
+    cnn = make_cnn().train()  # BatchNorm would use (and rewrite) batch statistics in train mode
+    state = {k: v.clone() for k, v in cnn.state_dict().items()}
+    x = torch.randn(6, 3, 8, 8)
+    w = torch.randn(8)
+    res = steering_sweep(cnn, x, "stem", w, [0.0, 2.0], metric=lambda o: o[:, 1], progress=False)
+    assert all(m.training for m in cnn.modules())
+    assert all(torch.equal(v, cnn.state_dict()[k]) for k, v in state.items())
+    ref = make_cnn().eval()
+    h = ref.stem.register_forward_hook(lambda m, a, out: out + 2.0 * w[None, :, None, None])
+    try:
+        with torch.no_grad():
+            truth = ref(x)[:, 1]
+    finally:
+        h.remove()
+    assert np.allclose(res.values[1], truth.numpy(), atol=1e-5)
+    v = diff_means(cnn, x[:3], x[3:], "block")  # eval mode too: equals the eval-mode model's direction
+    torch.testing.assert_close(v, diff_means(ref, x[:3], x[3:], "block"), rtol=0, atol=1e-6)
+    assert all(torch.equal(v, cnn.state_dict()[k]) for k, v in state.items())
+
+
+def test_numpy_dataset_and_float64_inputs_give_the_same_numbers():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    policy = make_policy()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(30, 6, generator=g)
+    v = torch.randn(16, generator=g)
+    ref = steering_sweep(policy, x, "2", v, [0.0, 1.0], metric=logit_diff(0, 1), progress=False)
+    for data in (x.numpy(), x.double().numpy(), TensorDataset(x), DataLoader(TensorDataset(x), batch_size=7)):
+        got = steering_sweep(policy, data, "2", v.numpy(), [0.0, 1.0], metric=logit_diff(0, 1), progress=False)
+        assert np.allclose(got.values, ref.values, atol=1e-6)
+    assert ref.config["metric"] == "logit_diff[0-1]"
+
+
+def test_float64_model_directions_stay_float64():
+    policy = make_policy().double()
+    g = torch.Generator().manual_seed(4)
+    xa, xb = torch.randn(40, 6, generator=g) + 1.0, torch.randn(30, 6, generator=g)
+    v = diff_means(policy, xa.numpy(), xb, site="0")
+    assert v.dtype == torch.float64
+    expected = policy[0].weight.detach() @ (xa.double().mean(0) - xb.double().mean(0))
+    torch.testing.assert_close(v, expected, rtol=0, atol=1e-12)
+
+
+def test_steering_features_selector_matches_closed_form():
+    # steering only features 2 and 7 of the logits-feeding layer "3" (Tanh output) moves the logits by
+    # W[:, [2, 7]] @ (alpha * v[[2, 7]])
+    policy = make_policy()
+    x = torch.randn(10, 6)
+    v = torch.randn(16)
+    res = steering_sweep(policy, x, "3", v, [0.0, 1.5], metric=lambda o: o[:, 0], features=[2, 7],
+                         progress=False)
+    with torch.no_grad():
+        shift = float(policy[4].weight[0, [2, 7]] @ (1.5 * v[[2, 7]]))
+        base = policy(x)[:, 0]
+    assert np.allclose(res.values[1] - res.values[0], shift, atol=1e-5)
+    assert np.allclose(res.values[0], base.numpy(), atol=1e-6)
+
+
+def test_bad_inputs_and_result_contract(tmp_path):
+    import json
+
+    from interp_core import metrics, steering
+    from interp_core.errors import InputError
+    from interp_core.results import Result
+
+    policy = make_policy()
+    v = torch.randn(16)
+    x = torch.randn(4, 6)
+    x[2, 1] = float("nan")
+    with pytest.raises(InputError, match="inputs: holds 1 NaN or infinite values"):
+        steering_sweep(policy, x, "2", v, [1.0], metric=0)
+    with pytest.raises(InputError, match="inputs_b: empty"):
+        diff_means(policy, torch.randn(3, 6), torch.randn(0, 6), "2")
+    with pytest.raises(InputError, match="inputs: holds 1 NaN"):
+        mean_features(policy, x.numpy(), "2")
+    with pytest.raises(InputError, match="direction: has NaN"):
+        steering_sweep(policy, torch.randn(4, 6), "2", torch.full((16,), float("inf")), [1.0], metric=0)
+    with pytest.raises(InputError, match="alphas: empty"):
+        steering_sweep(policy, torch.randn(4, 6), "2", v, [], metric=0)
+    # one Metric class: the module uses interp_core.metrics' own, no alias of its own
+    assert steering.Metric is metrics.Metric and not hasattr(steering, "_hooked")
+    res = steering_sweep(policy, torch.randn(5, 6), "2", v, [0.0, 1.0], metric=1, progress=False)
+    assert isinstance(res, Result) and res.config["metric"] == "logit[1]"
+    saved = json.loads(res.save(tmp_path / "s.json").read_text())
+    assert saved["alphas"] == [0.0, 1.0] and len(saved["values"][0]) == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]

@@ -5,7 +5,9 @@ On a trained model the two must rank the units alike. Measured (3 vs 8 digit pai
 denoising, every unit of every residual site): Spearman 0.99 on the digits CNN (cells of ``layer1.0`` and
 ``layer2.0``), 0.52 on the digits ViT over all 3 x 17 residual tokens — lower because a single token of the
 residual stream carries large, non-linear effects (0.39 / 0.75 / 0.45 per layer), the known weakness of the
-linear approximation that ``verify_topk`` exists for.
+linear approximation that ``verify_topk`` exists for. Where it fails outright (saturated nonlinearities,
+cancelling paths) is documented in ``attribution_patching``'s docstring and pinned by a planted case in
+``tests/interp_core/test_patching.py``.
 """
 
 import pytest
@@ -37,3 +39,27 @@ def test_attribution_patching_ranks_units_like_exact_patching(name):
     assert rho > floor
     # the unit with the largest exact effect is among attribution patching's top 3
     assert int(e.argmax()) in a.topk(3).indices.tolist()
+
+
+def test_frozen_vit_and_no_grad_per_head_attribution_equal_the_unfrozen_one():
+    """Analyses usually freeze the model; attribution patching takes the gradient with respect to the recorded
+    activations (here the ViT adapter's virtual per-head site), so freezing or no_grad changes nothing."""
+    hm = vision.zoo.load("digits-vit")
+    x, y = vision.zoo.test_data("digits-vit")
+    clean, corrupted = x[y == 3][:8], x[y == 8][:8]
+    sites = ["blocks.1.attn.z", "blocks.2.resid_pre"]
+    metric = metrics.logit_diff(3, 8)
+    flags = [p.requires_grad for p in hm.model.parameters()]
+    ref = attribution_patching(hm, clean, corrupted, sites, metric)
+    hm.model.requires_grad_(False)
+    try:
+        frozen = attribution_patching(hm.model, clean.numpy(), corrupted.numpy(), sites, metric)
+        with torch.no_grad():
+            no_grad = attribution_patching(hm, clean, corrupted, sites, metric)
+    finally:
+        for p, f in zip(hm.model.parameters(), flags):
+            p.requires_grad_(f)
+    for res in (frozen, no_grad):
+        for s in sites:
+            torch.testing.assert_close(res.effects[s], ref.effects[s], rtol=1e-5, atol=1e-6)
+    assert ref.effects["blocks.1.attn.z"].abs().sum() > 0

@@ -7,6 +7,7 @@ one, along which the head's change reaches the final residual through its slice 
 ``metric(head(norm(resid_clean + delta)))`` exactly.
 """
 
+import pytest
 import torch
 
 import vision
@@ -37,3 +38,20 @@ def test_direct_path_of_a_head_matches_the_residual_closed_form():
     total = hm.run_with_interventions(clean, {"blocks.0.attn.z": Patch(k, heads=[head])})
     assert abs(float(metric(total.detach()).mean()) - expected) > 1e-3
     assert abs(res.clean_metric - float(metric(vit(clean).detach()).mean())) < 1e-5
+
+
+def test_plain_module_numpy_inputs_and_plot_give_the_zoo_models_result():
+    """Through the boundary: the bare timm module (wrapped by the vision adapter) with numpy inputs gives the
+    HookedModel's numbers, and the result draws its standard figure."""
+    hm = vision.zoo.load("digits-vit")
+    x, y = vision.zoo.test_data("digits-vit")
+    clean, corrupted = x[y == 3][:8], x[y == 8][:8]
+    metric = metrics.logit_diff(3, 8)
+    ref = path_patching(hm, clean, corrupted, "blocks.0.attn.z", ["blocks.2.resid_pre"], metric, sender_heads=[0])
+    got = path_patching(hm.model, clean.numpy(), corrupted.numpy(), "blocks.0.attn.z", ["blocks.2.resid_pre"],
+                        metric, sender_heads=[0])
+    assert got.metric == ref.metric and got.effect == ref.effect
+    assert got.effect == pytest.approx((got.metric - got.corrupted_metric) / (got.clean_metric - got.corrupted_metric),
+                                       rel=1e-12)
+    fig = got.plot()
+    assert [p.get_height() for p in fig.axes[0].patches] == [got.clean_metric, got.metric, got.corrupted_metric]
