@@ -12,7 +12,17 @@ Shards are written by a background thread while the model computes the next ones
 is mostly the last shard, written after the last forward: the run is long enough for that tail to be a
 small part, as in real use (on 12 batches in 3 shards the ratio was 1.27, one shard per batch 1.07).
 
-Run: ``python benchmarks/overhead.py [--reps 15]``; writes ``benchmarks/results/overhead.json``.
+Batch 1 (``--only batch1``): a policy MLP 4-64-64-2 with 3 sites and the CartPole zoo agent (6 canonical
+sites), where a bare forward takes tens of microseconds and per-call hook set-up costs as much as the forward:
+``run_with_cache`` (its traced fast path, :mod:`interp_core.traced`) against plain torch forward hooks
+registered and removed per call (what any hook-based cache does), hooks registered once, captum's
+``LayerActivation`` and nnsight, as medians of paired per-repetition ratios of process CPU time (target <= 1.2).
+
+Every comparison runs its variants interleaved in one process, one torch and BLAS thread (printed in the
+results), medians of paired ratios with process CPU time beside wall time (:mod:`benchmarks._timing`).
+
+Run: ``python benchmarks/overhead.py [--reps 15] [--only batch1|batch8|store]``; writes
+``benchmarks/results/overhead.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import random
 import statistics
 import tempfile
@@ -33,6 +42,11 @@ import torchvision
 from captum.attr import LayerActivation
 
 from interp_core import ActivationStore, HookedModel
+
+try:
+    from benchmarks._timing import machine, paired, pin_threads, pools
+except ImportError:  # run as a script from the benchmarks folder
+    from _timing import machine, paired, pin_threads, pools
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -63,32 +77,72 @@ def _envoy(root, path):
     return obj
 
 
-def bench_model(name, model, paths, x, reps):
+def bench_model(name, model, paths, x, reps, inner=1):
     hm = HookedModel(model, example_input=x[:1])
     layers = [model.get_submodule(p) for p in paths]
     la = LayerActivation(model, layers)
+
+    def raw_hooks():  # plain torch: register, run, copy, remove (what a hook-based cache does per call)
+        acts = []
+        hs = [m.register_forward_hook(lambda m, a, o: acts.append(o.detach().clone())) for m in layers]
+        try:
+            model(x)
+        finally:
+            for h in hs:
+                h.remove()
+        return acts
+
     runners = {
         "bare": lambda: model(x),
         "interp_suite": lambda: hm.run_with_cache(x, sites=paths),
+        "torch_hooks_per_call": raw_hooks,
         "captum_LayerActivation": lambda: la.attribute(x),
     }
     nn_run = _nnsight_runner(model, paths)
     if nn_run is not None:
         runners["nnsight"] = lambda: nn_run(x)
-    times = {k: [] for k in runners}
     with torch.no_grad():
-        for fn in runners.values():  # warm-up
-            fn()
-        for _ in range(reps):
-            order = list(runners)
-            random.shuffle(order)
-            for k in order:
-                t = time.perf_counter()
-                runners[k]()
-                times[k].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {"model": name, "sites": len(paths), "batch": x.shape[0], "median_s": med,
-            "ratio_to_bare": {k: med[k] / med["bare"] for k in med if k != "bare"}}
+        timing = paired(runners, reps, inner=inner)
+    return {"model": name, "sites": len(paths), "batch": x.shape[0], "timing": timing,
+            "ratio_to_bare_cpu": {k: v["ratio_cpu"] for k, v in timing["variants"].items() if k != "bare"},
+            "ratio_to_bare_wall": {k: v["ratio_wall"] for k, v in timing["variants"].items() if k != "bare"}}
+
+
+def bench_batch1(reps, inner):
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+                              torch.nn.Linear(64, 2)).eval()
+    out = [bench_model("policy MLP 4-64-64-2 (3 sites)", mlp, ["0", "2", "4"], torch.randn(1, 4), reps, inner)]
+    import rl
+
+    agent = rl.zoo.load("cartpole-ppo")
+    obs = torch.randn(1, 4)
+    sites = agent.default_sites
+    module = agent.model
+
+    def agent_hooks():
+        acts = []
+        hs = []
+        for name in sites:
+            site = agent.sites[name]
+            hs.append(module.get_submodule(site.module_path).register_forward_hook(
+                lambda m, a, o: acts.append(o.detach().clone())))
+        try:
+            module(obs)
+        finally:
+            for h in hs:
+                h.remove()
+        return acts
+
+    runners = {"bare": lambda: module(obs), "interp_suite": lambda: agent.run_with_cache(obs, sites=sites),
+               "torch_hooks_per_call": agent_hooks}
+    with torch.no_grad():
+        timing = paired(runners, reps, inner=inner)
+    out.append({"model": "rl.zoo cartpole-ppo (SB3PolicyModule)", "sites": len(sites), "batch": 1,
+                "fast_path_used": any(p is not None for p in agent._plans.values()), "timing": timing,
+                "ratio_to_bare_cpu": {k: v["ratio_cpu"] for k, v in timing["variants"].items() if k != "bare"},
+                "ratio_to_bare_wall": {k: v["ratio_wall"] for k, v in timing["variants"].items() if k != "bare"}})
+    return out
 
 
 def bench_store(model, paths, batches, reps):
@@ -113,31 +167,40 @@ def bench_store(model, paths, batches, reps):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--inner", type=int, default=300, help="calls per repetition at batch 1")
     ap.add_argument("--store-reps", type=int, default=3)
     ap.add_argument("--store-batches", type=int, default=48)
+    ap.add_argument("--only", choices=["batch1", "batch8", "store"])
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    pin_threads(1)
     torch.manual_seed(0)
     random.seed(0)
-    x = torch.randn(8, 3, 224, 224)
-    vit = timm.create_model("vit_tiny_patch16_224").eval()
-    resnet = torchvision.models.resnet18().eval()
-    vit_paths = [f"blocks.{i}" for i in range(12)]
-    resnet_paths = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
-    results = {
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1,
-                    "processor": platform.processor() or platform.machine()},
-        "forward_with_cache": [bench_model("timm:vit_tiny_patch16_224", vit, vit_paths, x, args.reps),
-                               bench_model("torchvision:resnet18", resnet, resnet_paths, x, args.reps)],
-        "store_write": bench_store(vit, vit_paths, [torch.randn(8, 3, 224, 224) for _ in range(args.store_batches)],
-                                   args.store_reps),
-        "targets": {"cache_ratio": 1.05, "store_ratio": 1.3},
-    }
+    path = RESULTS / "overhead.json"
+    results = json.loads(path.read_text()) if args.only and path.exists() else {}
+    results.update({"machine": machine(), "threads": pools(),
+                    "targets": {"cache_ratio_batch8": 1.05, "cache_ratio_batch1": 1.2, "store_ratio": 1.3}})
+    if args.only in (None, "batch1"):
+        results["batch1"] = bench_batch1(args.reps, args.inner)
+        for r in results["batch1"]:
+            print(r["model"], {k: round(v, 3) for k, v in r["ratio_to_bare_cpu"].items()})
+    if args.only in (None, "batch8"):
+        x = torch.randn(8, 3, 224, 224)
+        vit = timm.create_model("vit_tiny_patch16_224").eval()
+        resnet = torchvision.models.resnet18().eval()
+        results["forward_with_cache"] = [
+            bench_model("timm:vit_tiny_patch16_224", vit, [f"blocks.{i}" for i in range(12)], x, args.reps),
+            bench_model("torchvision:resnet18", resnet, [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)], x,
+                        args.reps)]
+        for r in results["forward_with_cache"]:
+            print(r["model"], {k: round(v, 3) for k, v in r["ratio_to_bare_cpu"].items()})
+    if args.only in (None, "store"):
+        vit = timm.create_model("vit_tiny_patch16_224").eval()
+        results["store_write"] = bench_store(vit, [f"blocks.{i}" for i in range(12)],
+                                             [torch.randn(8, 3, 224, 224) for _ in range(args.store_batches)],
+                                             args.store_reps)
+        print("store", round(results["store_write"]["ratio_to_bare"], 3))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "overhead.json").write_text(json.dumps(results, indent=1))
-    for r in results["forward_with_cache"]:
-        print(r["model"], {k: round(v, 3) for k, v in r["ratio_to_bare"].items()})
-    print("store", round(results["store_write"]["ratio_to_bare"], 3))
+    path.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
