@@ -11,11 +11,13 @@
   ``alpha_i = sum_j |<h_i, x_j>|``, ``h_i`` the i-th canonical variate of X (unit norm over the inputs) and
   ``x_j`` the j-th (centered) feature column of X. Asymmetric: weights come from X.
 
-All three are similarities in [0, 1] and invariant to translation. Canonical correlations (and SVCCA with
-``keep=1.0``) are invariant to any invertible linear map of either representation (hence to orthogonal maps and
-isotropic scaling); SVCCA's truncation makes this approximate. PWCCA is invariant to invertible linear maps of
-Y and isotropic scaling of X, but NOT to rotations of X (its weights sum over X's units). They need more rows
-than features (``N > d``) to be meaningful: with ``N <= d`` every correlation is 1.
+All three are similarities in [0, 1] and invariant to translation, orthogonal maps and isotropic scaling.
+Canonical correlations, and SVCCA with ``keep=1.0``, are invariant to any invertible linear map of either
+representation. SVCCA with its default truncation (``keep=0.99``) is NOT: an invertible map changes the variance
+spectrum, hence which directions the truncation keeps, hence the value. PWCCA is invariant to invertible linear
+maps of Y and to isotropic scaling of X, but NOT to rotations of X (its weights sum over X's units). They need
+more rows than features (``N > d``) to be meaningful: with ``N <= d`` every correlation is 1. The table in
+:mod:`interp_core.similarity` lists these properties; a test checks every row against the code.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def _basis(X: np.ndarray, keep: float | None = None, eps: float = 1e-10) -> tupl
     r = int(np.sum(s > eps * s[0]))
     if keep is not None:
         if not 0 < keep <= 1:
-            raise InputError(f"keep must be a fraction of variance in (0, 1], got {keep}")
+            raise InputError(f"keep: must be a fraction of variance in (0, 1], got {keep}")
         var = s[:r] ** 2
         r = int(np.searchsorted(np.cumsum(var) / var.sum(), keep - 1e-12) + 1)
     return U[:, :r], s[:r]

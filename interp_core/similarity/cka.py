@@ -6,7 +6,16 @@ Definitions (Kornblith et al. 2019, "Similarity of Neural Network Representation
 - ``CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))``;
 - linear kernel ``K = X X^T``: ``CKA = ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F)`` (``_c``: centered
   columns), computed in feature space without any ``N x N`` matrix when ``d`` is small;
-- RBF kernel ``K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2))`` with ``sigma = bandwidth * median_{i<j}||x_i - x_j||``.
+- RBF kernel ``K_ij = exp(-||x_i - x_j||^2 / (2 sigma^2))`` with the bandwidth set from the data by one of two
+  median conventions, chosen by name with ``median=``:
+
+  - ``"pairs"`` (the default): ``sigma = bandwidth * median_{i<j} ||x_i - x_j||``, the median distance over the
+    ``N (N - 1) / 2`` distinct pairs;
+  - ``"all"``: ``sigma^2 = bandwidth^2 * median_{i,j} ||x_i - x_j||^2`` over all ``N^2`` ordered pairs
+    *including* the ``N`` zero distances of the diagonal, exactly as Kornblith et al.'s reference code
+    (``gram_rbf(x, threshold)`` in google-research/representation_similarity, ``threshold = bandwidth``).
+    The diagonal zeros pull the median down (by an amount that shrinks with N), so ``"all"`` gives a slightly
+    smaller sigma than ``"pairs"`` for the same ``bandwidth``.
 
 Debiased CKA replaces HSIC by the unbiased estimator of Song et al. 2012 ("Feature Selection via Dependence
 Maximization", JMLR), as used by Nguyen, Raghu & Kornblith 2021 ("Do Wide and Deep Networks Learn the Same
@@ -15,8 +24,9 @@ Things?", ICLR): with ``K~`` = ``K`` with its diagonal set to 0,
 
 Similarity in [0, 1] (debiased: can be slightly negative for unrelated representations). Linear CKA is
 invariant to orthogonal transforms, isotropic scaling and translation, NOT to arbitrary invertible linear
-maps. RBF CKA with the median-scaled bandwidth has the same invariances (distances are preserved by orthogonal
-maps and translations and scale with isotropic scaling, which the median rescales away).
+maps. RBF CKA with either median-scaled bandwidth has the same invariances (distances are preserved by orthogonal
+maps and translations and scale with isotropic scaling, which the median rescales away). The table in
+:mod:`interp_core.similarity` lists these properties; a test checks every row against the code.
 """
 
 from __future__ import annotations
@@ -34,17 +44,24 @@ def linear_gram(X: np.ndarray) -> np.ndarray:
     return X @ X.T
 
 
-def rbf_gram(X: np.ndarray, bandwidth: float = 1.0) -> np.ndarray:
-    """RBF Gram matrix ``[N, N]``, ``sigma = bandwidth * median pairwise distance (i < j)``."""
+MEDIANS = ("pairs", "all")
+
+
+def rbf_gram(X: np.ndarray, bandwidth: float = 1.0, median: Literal["pairs", "all"] = "pairs") -> np.ndarray:
+    """RBF Gram matrix ``[N, N]`` with ``sigma`` from the median convention ``median`` (module docstring)."""
     sq = np.sum(X * X, axis=1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * X @ X.T, 0.0)
     np.fill_diagonal(d2, 0.0)
-    iu = np.triu_indices(X.shape[0], k=1)
-    med = np.median(np.sqrt(d2[iu]))
-    if med <= 0:
-        raise InputError("all rows are identical: the RBF bandwidth (median pairwise distance) is 0")
-    sigma = bandwidth * med
-    return np.exp(-d2 / (2.0 * sigma ** 2))
+    if median == "pairs":
+        sigma2 = (bandwidth * np.median(np.sqrt(d2[np.triu_indices(X.shape[0], k=1)]))) ** 2
+    elif median == "all":
+        sigma2 = bandwidth ** 2 * np.median(d2)
+    else:
+        raise InputError(f"median: must be one of {MEDIANS} (the RBF bandwidth convention), got {median!r}")
+    if sigma2 <= 0:
+        raise InputError(f"the RBF bandwidth (median={median!r} of the pairwise distances) is 0: most rows are "
+                         f"identical; use kernel='linear' or median='pairs'")
+    return np.exp(-d2 / (2.0 * sigma2))
 
 
 def hsic(K: np.ndarray, L: np.ndarray) -> float:
@@ -89,7 +106,7 @@ def linear_cka_features(X: np.ndarray, Y: np.ndarray) -> float:
 
 
 def cka(X: ArrayLike, Y: ArrayLike, kernel: Literal["linear", "rbf"] = "linear", debiased: bool = False,
-        bandwidth: float = 1.0) -> float:
+        bandwidth: float = 1.0, median: Literal["pairs", "all"] = "pairs") -> float:
     """Centered kernel alignment between two representations of the same N inputs.
 
     Args:
@@ -98,6 +115,9 @@ def cka(X: ArrayLike, Y: ArrayLike, kernel: Literal["linear", "rbf"] = "linear",
         debiased: use the unbiased HSIC estimator (Song et al. 2012; Nguyen et al. 2021); needs ``N >= 4``.
         bandwidth: RBF only: ``sigma`` as a fraction of the median pairwise distance (Kornblith et al. use
             0.2-1.0; 1.0 is their reference code's default).
+        median: RBF only: ``"pairs"`` (default; median distance over distinct pairs ``i < j``) or ``"all"``
+            (median squared distance over all ``N^2`` pairs including the diagonal, as Kornblith et al.'s
+            reference code); see the module docstring.
 
     Returns:
         Similarity, 1 for identical representations (up to the invariances in the module docstring).
@@ -108,7 +128,9 @@ def cka(X: ArrayLike, Y: ArrayLike, kernel: Literal["linear", "rbf"] = "linear",
             return linear_cka_features(X, Y)
         return _cka_from_grams(linear_gram(X), linear_gram(Y), debiased)
     if kernel == "rbf":
-        if bandwidth <= 0:
+        if not bandwidth > 0:
             raise InputError(f"bandwidth must be > 0 (a fraction of the median distance), got {bandwidth}")
-        return _cka_from_grams(rbf_gram(X, bandwidth), rbf_gram(Y, bandwidth), debiased)
+        if median not in MEDIANS:
+            raise InputError(f"median: must be one of {MEDIANS} (the RBF bandwidth convention), got {median!r}")
+        return _cka_from_grams(rbf_gram(X, bandwidth, median), rbf_gram(Y, bandwidth, median), debiased)
     raise InputError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")

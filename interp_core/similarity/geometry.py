@@ -7,10 +7,17 @@
   scaling and translation, NOT to general invertible linear maps.
 - **RSA** (Kriegeskorte, Mur & Bandettini 2008, "Representational similarity analysis", Front. Syst.
   Neurosci.): the representational dissimilarity matrix (RDM, pairwise distances between inputs) of each
-  representation, compared over its upper triangle by Spearman (default) or Pearson correlation. A similarity
-  in [-1, 1]. Invariances follow the RDM distance: ``"euclidean"``: orthogonal maps, translation, isotropic
-  scaling; ``"correlation"`` (1 - Pearson between rows, the classic choice) and ``"cosine"``: also per-row
-  rescaling, but ``"cosine"`` is not translation invariant. Spearman adds invariance to monotone maps of the RDM.
+  representation, compared over its upper triangle by Spearman (default, ``scipy.stats.spearmanr``) or Pearson
+  correlation (``scipy.stats.pearsonr``). A similarity in [-1, 1]. Invariances follow the RDM distance:
+
+  - ``"euclidean"``: orthogonal maps, translation and isotropic scaling (which scales every distance alike);
+  - ``"correlation"`` (the default; ``1 - Pearson`` between two inputs' rows, each row centered over its own
+    *features*): isotropic scaling and any per-row rescaling or per-row constant shift, but NOT orthogonal
+    maps (rotating the features changes each row's mean over features) and NOT translation by a vector
+    (adding ``b`` to every row shifts each row's feature mean differently unless ``b`` is constant);
+  - ``"cosine"``: orthogonal maps and isotropic (also per-row) scaling, NOT translation.
+
+  Spearman adds invariance to monotone maps of the RDM. None is invariant to general invertible linear maps.
 - **Mutual k-NN** (Huh, Cheung, Wang & Isola 2024, "The Platonic Representation Hypothesis", ICML): the mean over
   inputs of ``|N_k^X(i) & N_k^Y(i)| / k``, with ``N_k(i)`` the k nearest other inputs (cosine similarity of
   rows, as in the paper, or euclidean). A similarity in [0, 1] (chance: about ``k / (N - 1)``); invariant to
@@ -22,7 +29,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import pearsonr, spearmanr
 
 from ..errors import InputError
 from ._arrays import ArrayLike, as_pair, center
@@ -49,7 +56,7 @@ def rdm(X: ArrayLike, metric: Literal["correlation", "euclidean", "cosine"] = "c
     elif metric in ("cosine", "euclidean"):
         Z = X
     else:
-        raise InputError(f"metric must be 'correlation', 'euclidean' or 'cosine', got {metric!r}")
+        raise InputError(f"metric: must be 'correlation', 'euclidean' or 'cosine', got {metric!r}")
     if metric == "euclidean":
         sq = (Z * Z).sum(1)
         D = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * Z @ Z.T, 0.0))
@@ -63,12 +70,10 @@ def rdm(X: ArrayLike, metric: Literal["correlation", "euclidean", "cosine"] = "c
     return D[np.triu_indices(X.shape[0], k=1)]
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a @ a) * (b @ b))
-    if den == 0:
-        raise InputError("an RDM is constant (all inputs equally distant); its correlation is undefined")
-    return float(a @ b / den)
+def _check_not_constant(v: np.ndarray, what: str) -> None:
+    if np.ptp(v) <= 1e-15 * max(1.0, float(np.abs(v).max())):
+        raise InputError(f"{what}: its RDM is constant (all inputs equally distant), so the RDM correlation is "
+                         f"undefined; use other inputs or another measure")
 
 
 def rsa(X: ArrayLike, Y: ArrayLike, metric: Literal["correlation", "euclidean", "cosine"] = "correlation",
@@ -81,12 +86,13 @@ def rsa(X: ArrayLike, Y: ArrayLike, metric: Literal["correlation", "euclidean", 
         compare: ``"spearman"`` (rank correlation, ties averaged) or ``"pearson"``.
     """
     X, Y = as_pair(X, Y, min_rows=3)
+    if compare not in ("spearman", "pearson"):
+        raise InputError(f"compare: must be 'spearman' or 'pearson', got {compare!r}")
     a, b = rdm(X, metric), rdm(Y, metric)
-    if compare == "spearman":
-        return _pearson(rankdata(a), rankdata(b))
-    if compare == "pearson":
-        return _pearson(a, b)
-    raise InputError(f"compare must be 'spearman' or 'pearson', got {compare!r}")
+    _check_not_constant(a, "X")
+    _check_not_constant(b, "Y")
+    r = spearmanr(a, b).statistic if compare == "spearman" else pearsonr(a, b).statistic
+    return float(np.clip(r, -1.0, 1.0))
 
 
 def knn_indices(X: np.ndarray, k: int, metric: str = "cosine", chunk: int = 2048) -> np.ndarray:

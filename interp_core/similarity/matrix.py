@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..axes import PoolSpec
-from ..errors import InputError
+from ..boundary import as_hooked
+from ..errors import InputError, InputTypeError, InterpWarning
 from ..results import Result
 from .registry import DISTANCES, get_measure
-from .sources import collect_features, default_sites, iter_pair_batches
+from .sources import (
+    collect_features,
+    default_sites,
+    is_model,
+    iter_pair_batches,
+    progress_disabled,
+    same_model,
+)
 from .streaming import LinearCKAAccumulator, MinibatchCKA
 
 STREAMING = {"linear_cka": dict(debiased=False), "debiased_cka": dict(debiased=True)}
@@ -33,6 +43,11 @@ class SimilarityMatrixResult(Result):
     def __getitem__(self, key: tuple[str, str]) -> float:
         a, b = key
         return float(self.matrix[self.sites_a.index(a), self.sites_b.index(b)])
+
+    @property
+    def values(self) -> np.ndarray:
+        """The ``[len(sites_a), len(sites_b)]`` matrix (the name every result uses for its numbers)."""
+        return self.matrix
 
     @property
     def is_distance(self) -> bool:
@@ -59,19 +74,23 @@ class SimilarityMatrixResult(Result):
         return ax.figure
 
 
-def similarity_matrix(model_a: Any, model_b: Any = None, data: Iterable[Any] | None = None,
+def similarity_matrix(model_a: Any, model_b: Any = None, data: Any = None,
                       sites_a: Sequence[str] | None = None, sites_b: Sequence[str] | None = None,
                       measure: str | Callable = "linear_cka", pool: PoolSpec = "mean",
                       max_batches: int | None = None, name_a: str = "model A",
-                      name_b: str = "model B") -> SimilarityMatrixResult:
+                      name_b: str = "model B", *, batch_size: int | None = None,
+                      progress: bool | None = None) -> SimilarityMatrixResult:
     """Similarity between every site of A and every site of B over the same inputs.
 
     Args:
-        model_a, model_b: :class:`~interp_core.hooked.HookedModel` (then ``data`` is required), an
-            ``ActivationCache`` / ``ActivationStore`` (anything with ``features(site)``) or a dict
-            ``{site: [N, d]}``. ``model_b=None`` compares A with itself.
-        data: iterable of input batches (or ``(inputs, labels)`` tuples), read once; each model runs one
-            forward per batch.
+        model_a, model_b: a model (a :class:`~interp_core.hooked.HookedModel` or a plain ``nn.Module``, which
+            gets its registered adapter through :func:`~interp_core.boundary.as_hooked`; then ``data`` is
+            required), an ``ActivationCache`` / ``ActivationStore`` (anything with ``features(site)``) or a dict
+            ``{site: [N, d]}``. ``model_b=None`` compares A with itself (one forward per batch).
+        data: the inputs, in any form :func:`~interp_core.boundary.iter_batches` accepts: a tensor or numpy
+            array ``[N, ...]`` (cut into batches of ``batch_size``), an ``(x, y)`` pair, a ``Dataset``, a
+            ``DataLoader`` or an iterable of batches (tensors, ``(x, y)`` pairs, dicts); read once, each model
+            runs one forward per batch, in eval mode (``hm.analysis()``).
         sites_a, sites_b: site names (default: the adapter's default sites / all cached sites).
         measure: a name from :data:`~interp_core.similarity.registry.MEASURES`, ``"minibatch_cka"`` (Nguyen et
             al. 2021, per-batch debiased HSIC averaged), or a callable ``(X, Y) -> float``.
@@ -80,28 +99,50 @@ def similarity_matrix(model_a: Any, model_b: Any = None, data: Iterable[Any] | N
         pool: how positions are pooled inside the hook (``"mean"``, ``"cls"``, ...); ``None`` folds positions
             into rows (then all sites must have the same positions).
         max_batches: stop after this many batches of ``data``.
+        name_a, name_b: axis labels of the figure.
+        batch_size: inputs per forward where ``data`` is not batched already (default: from the sites' sizes,
+            :func:`~interp_core.boundary.auto_batch_size`).
+        progress: tqdm progress bars over the batches (and the site pairs of non-streaming measures);
+            ``None``: only on a terminal.
 
     Returns:
         :class:`SimilarityMatrixResult` with ``matrix`` ``[len(sites_a), len(sites_b)]``.
     """
     if model_b is None:
         model_b = model_a
+    if is_model(model_a):
+        model_a = as_hooked(model_a, "model_a")
+    if is_model(model_b):
+        model_b = model_a if same_model(model_a, model_b) else as_hooked(model_b, "model_b")
+    if isinstance(sites_a, str) or isinstance(sites_b, str):
+        raise InputTypeError("sites_a, sites_b: give lists of site names (a single name: ['blocks.0'])")
     sites_a = list(sites_a) if sites_a is not None else default_sites(model_a)
     sites_b = list(sites_b) if sites_b is not None else default_sites(model_b)
     if not sites_a or not sites_b:
-        raise InputError("no sites to compare: pass sites_a= and sites_b=")
+        raise InputError("sites_a, sites_b: no sites to compare; pass sites_a= and sites_b=")
+    streaming = isinstance(measure, str) and (measure in STREAMING or measure == "minibatch_cka")
+    fn = None if streaming else get_measure(measure)  # an unknown name fails here, before any forward
     name = measure if isinstance(measure, str) else getattr(measure, "__name__", "custom")
     t0 = time.perf_counter()
-    if isinstance(measure, str) and (measure in STREAMING or measure == "minibatch_cka"):
+    common = dict(batch_size=batch_size, progress=progress, desc=f"similarity ({name})")
+    if streaming:
         acc = (LinearCKAAccumulator(**STREAMING[measure]) if measure in STREAMING else MinibatchCKA(debiased=True))
-        for xs, ys in iter_pair_batches(model_a, model_b, data, sites_a, sites_b, pool, max_batches):
+        for xs, ys in iter_pair_batches(model_a, model_b, data, sites_a, sites_b, pool, max_batches, **common):
             acc.update(xs, ys)
         M, n = acc.matrix(), acc.n_
     else:
-        fn = get_measure(measure)
-        xs, ys = collect_features(model_a, model_b, data, sites_a, sites_b, pool, max_batches)
-        M = np.array([[fn(x, y) for y in ys] for x in xs], dtype=float)
+        xs, ys = collect_features(model_a, model_b, data, sites_a, sites_b, pool, max_batches, **common)
+        pairs = [(i, j) for i in range(len(xs)) for j in range(len(ys))]
+        M = np.empty((len(xs), len(ys)))
+        for i, j in tqdm(pairs, desc=f"{name} site pairs", unit="pair", disable=progress_disabled(progress)):
+            M[i, j] = fn(xs[i], ys[j])
         n = xs[0].shape[0]
-    config = {"pool": pool, "max_batches": max_batches, "name_a": name_a, "name_b": name_b,
-              "seconds": time.perf_counter() - t0}
+    if np.isnan(M).any():
+        bad_a = [sites_a[i] for i in np.where(np.isnan(M).all(1))[0]]
+        bad_b = [sites_b[j] for j in np.where(np.isnan(M).all(0))[0]]
+        warnings.warn(f"{name}: undefined (NaN) for sites constant over these inputs (model A: {bad_a}, model B: "
+                      f"{bad_b}); e.g. a ReLU that never fires. Use more varied data or other sites",
+                      InterpWarning, stacklevel=2)
+    config = {"pool": pool, "max_batches": max_batches, "batch_size": batch_size, "name_a": name_a,
+              "name_b": name_b, "seconds": time.perf_counter() - t0}
     return SimilarityMatrixResult(M, sites_a, sites_b, name, int(n), config)

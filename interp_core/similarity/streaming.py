@@ -41,7 +41,11 @@ def _as_list(X: Batch, dtype: torch.dtype) -> list[torch.Tensor]:
             t = t[:, None]
         if t.dim() != 2:
             raise InputError(f"batches must be [b, d] feature rows, got shape {tuple(t.shape)}")
-        out.append(t.to(device="cpu", dtype=dtype))
+        t = t.to(device="cpu", dtype=dtype)
+        if not bool(torch.isfinite(t).all()):
+            raise InputError(f"a batch of feature rows {tuple(t.shape)} holds NaN or infinite values; CKA needs "
+                             f"finite activations: drop or clean those rows first")
+        out.append(t)
     return out
 
 
@@ -237,8 +241,10 @@ class MinibatchCKA:
     def matrix(self) -> np.ndarray:
         if self.n_batches_ == 0:
             raise InputError("no batches seen; call update() first")
-        den = torch.sqrt(torch.outer(self._xx, self._yy))
-        return (self._xy / den).numpy()
+        den = torch.sqrt(torch.outer(self._xx, self._yy).clamp_min(0))
+        out = (self._xy / den).numpy()
+        out[(den <= 0).numpy()] = np.nan  # a representation constant within every batch: CKA is undefined
+        return out
 
     def value(self) -> float:
         m = self.matrix()

@@ -421,3 +421,47 @@ def test_similarity_matrix_minibatch_measure_matches_accumulator():
     mb = MinibatchCKA().update([feats_a["x"], feats_a["y"]], [feats_b["z"]])  # one chunk of 800 rows
     np.testing.assert_allclose(res.matrix, mb.matrix(), atol=1e-10)
     assert res.sites_a == ["x", "y"] and res.matrix.shape == (2, 1)
+
+
+def test_permutation_test_is_exact_for_few_rows_against_brute_force():
+    # N = 5 rows: 120 permutations <= n, so scipy enumerates them all; count by hand with itertools
+    import itertools
+
+    X, Y = related(n=5, d1=3, d2=2, noise=0.5, seed=11)
+    obs = cka(X, Y)
+    null = [cka(X, Y[list(p)]) for p in itertools.permutations(range(5))]
+    p_exact = np.mean(np.array(null) >= obs - 1e-12)
+    res = permutation_test("linear_cka", X, Y, n=1000)
+    assert res.p_value == pytest.approx(p_exact, abs=1e-12)
+    assert len(res.null) == 120 and res.statistic == pytest.approx(obs)
+
+
+def test_bootstrap_methods_and_argument_errors():
+    rng = np.random.default_rng(1)
+    n, rho = 300, 0.5
+    x = rng.normal(size=n)
+    y = rho * x + np.sqrt(1 - rho ** 2) * rng.normal(size=n)
+    corr = lambda a, b: float(np.corrcoef(a[:, 0], b[:, 0])[0, 1])  # noqa: E731
+    z, se = np.arctanh(corr(x[:, None], y[:, None])), 1 / np.sqrt(n - 3)
+    for method in ("percentile", "BCa"):
+        res = bootstrap_ci(corr, x, y, n=1000, method=method)
+        assert res.low == pytest.approx(np.tanh(z - 1.96 * se), abs=0.03), method
+        assert res.high == pytest.approx(np.tanh(z + 1.96 * se), abs=0.03), method
+        assert res.config["method"] == method and len(res.plot().axes) == 1
+    with pytest.raises(ValueError, match="method"):
+        bootstrap_ci(corr, x, y, method="studentized")
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci(corr, x, y, level=95)
+    with pytest.raises(ValueError, match="n: "):
+        permutation_test("linear_cka", x, y, n=0)
+
+
+def test_similarity_matrix_warns_and_gives_nan_for_a_constant_site():
+    from interp_core.errors import InterpWarning
+
+    rng = np.random.default_rng(0)
+    feats = {"live": rng.normal(size=(50, 4)), "dead": np.zeros((50, 3))}
+    for measure in ("linear_cka", "minibatch_cka"):
+        with pytest.warns(InterpWarning, match=r"constant.*\['dead'\]"):
+            res = similarity_matrix(feats, feats, measure=measure)
+        assert np.isnan(res["dead", "live"]) and res["live", "live"] == pytest.approx(1.0)
