@@ -28,7 +28,9 @@ import torch
 from interp_core.errors import InputError, InputIndexError, InputTypeError, SiteError
 from interp_core.metrics import Metric
 
-MINIGRID_ACTIONS = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
+from .envs.gridworld import ACTIONS
+
+MINIGRID_ACTIONS = ACTIONS  # MiniGrid's action names, as registered for the MiniGrid envs (rl.envs.gridworld)
 
 
 def _logits(output: Any) -> torch.Tensor:
@@ -58,10 +60,11 @@ def _index(action: Any, names: Sequence[str] | None) -> int | torch.Tensor:
 def _pick(z: torch.Tensor, a: int | torch.Tensor) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         if a.shape[0] != z.shape[0]:
-            raise InputError(f"{a.shape[0]} actions for a batch of {z.shape[0]}")
+            raise InputError(f"action: {a.shape[0]} actions for a batch of {z.shape[0]}; give one action per "
+                             f"example")
         return z.gather(1, a.to(z.device)[:, None])[:, 0]
     if not 0 <= a < z.shape[-1]:
-        raise InputIndexError(f"action {a} out of range for {z.shape[-1]} actions")
+        raise InputIndexError(f"action: {a} out of range for {z.shape[-1]} actions (0..{z.shape[-1] - 1})")
     return z[:, a]
 
 

@@ -1,29 +1,34 @@
 """Rollouts with world-state labels and activations (``rl.collect``).
 
-``rl.collect(agent, env, steps=..., sites=[...], seed=...)`` runs the agent in ``n_envs`` copies of a
-world-recording env (batched: one forward per step for all copies; recurrent state carried per copy and
-reset at episode starts) and returns a :class:`Rollout`. Rows are time steps; row ``i`` holds the
-observation the agent saw, the world state at that moment (``info["world"]`` of the reset/step that
-produced the observation), the visibility flags, the action taken, the reward and done flags that action
-produced, and the activations of the requested sites during that forward.
+``rl.collect(agent, env, steps=..., sites=[...], seed=...)`` runs the agent in ``n_envs`` copies of an env
+(batched: one forward per step for all copies; recurrent state carried per copy and reset at episode starts)
+and returns a :class:`Rollout`. Rows are time steps; row ``i`` holds the observation the agent saw, the world
+state at that moment (``info["world"]`` of the reset/step that produced the observation), the visibility
+flags, the action taken, the reward and done flags that action produced, and the activations of the
+requested sites during that forward.
+
+Any gymnasium env works: a registered id (:mod:`rl.envs`) records its world variables; another id or env
+instance records none (activations, actions and rewards only) unless ``world=lambda env: {...}`` computes some
+(:class:`rl.envs.FunctionWorld`). The agent runs in eval mode (``agent.analysis()``), its flags restored.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from interp_core import ActivationCache, ActivationStore
-from interp_core.errors import InputError, SiteError
+from interp_core.errors import InputError, InputTypeError, SiteError
 
-from .envs import Variable, find_world_wrapper
+from .envs import FunctionWorld, Variable, world_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +182,16 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
             seed: int = 0, n_envs: int = 1, episodes: int | None = None, deterministic: bool = True,
             pool: Any = None, store: str | Path | None = None, interventions: Mapping[str, Any] | None = None,
             env_kwargs: Mapping[str, Any] | None = None, reset_options: Mapping[str, Any] | None = None,
-            store_chunk: int = 256) -> Rollout:
+            store_chunk: int = 256, world: Callable[[Any], Any] | None = None,
+            progress: bool | None = None) -> Rollout:
     """Run ``agent`` and record a :class:`Rollout`.
 
     Args:
-        agent: an :class:`rl.agents.Agent` (e.g. ``rl.zoo.load("doorkey-ppo")``).
-        env: an env id for :func:`rl.envs.make`, a world-recording env instance (then ``n_envs`` must be 1),
-            or ``None`` for the agent's own env.
+        agent: an :class:`rl.agents.Agent` (e.g. ``rl.zoo.load("doorkey-ppo")``), or anything
+            :func:`interp_core.boundary.as_hooked` makes one of (an SB3 algorithm or policy).
+        env: an env id (a registered one records world variables, :func:`rl.envs.make`; any other gymnasium id
+            is built with ``gym.make`` and records none), an env instance (any gymnasium env; then ``n_envs``
+            must be 1), or ``None`` for the agent's own env.
         steps: number of time steps to record (over all env copies), or
         episodes: number of complete episodes to record (unfinished ones are dropped).
         sites: sites whose activations are recorded (``[]`` records none).
@@ -197,15 +205,25 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
             gives the same activations) instead of keeping them in memory.
         interventions: ``{site: intervention}`` active during the whole rollout (closed-loop edits).
         env_kwargs: keyword arguments for the env constructor; reset_options: passed to every ``reset``.
+        world: ``world(env) -> {name: value}`` (or ``(values, visible)``), world variables of your own,
+            recorded after every reset and step beside the env's own (:class:`rl.envs.FunctionWorld`).
+        progress: a progress bar over steps (or episodes); ``None``: only on a terminal.
     """
+    from .agents import Agent
+
+    agent = _as_agent(agent, Agent)
     if (steps is None) == (episodes is None):
-        raise InputError("give exactly one of steps= (time steps) or episodes= (complete episodes)")
+        raise InputError("steps / episodes: give exactly one of steps= (time steps) or episodes= (complete "
+                         "episodes)")
+    for name, value in (("steps", steps), ("episodes", episodes)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise InputError(f"{name}: a positive integer, got {value!r}")
     sites = [sites] if isinstance(sites, str) else list(sites)
     for s in sites:
         agent.sites[s]  # raises a helpful KeyError for unknown names
     envs_ = _make_envs(agent, env, n_envs, env_kwargs)
-    worlds = [find_world_wrapper(e) for e in envs_]
-    variables = worlds[0].variables
+    if world is not None:
+        envs_ = [FunctionWorld(e, world) for e in envs_]
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     recurrent = agent.recurrent
@@ -215,8 +233,6 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
 
     rows: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "terminated", "truncated", "episode",
                                               "step", "env_index", "logits", "values")}
-    world_rows: dict[str, list] = {v.name: [] for v in variables}
-    vis_rows: dict[str, list] = {v.name: [] for v in variables}
     inputs_log: list[tuple] = []
 
     obs_list, infos = [], []
@@ -224,6 +240,11 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
         o, info = e.reset(seed=int(rng.integers(2**31 - 1)), options=dict(reset_options or {}) or None)
         obs_list.append(o)
         infos.append(info)
+    # the variables are known once every env has been reset (a world function's kinds come from its first values)
+    wrappers = [world_wrapper(e) for e in envs_]
+    variables: tuple[Variable, ...] = tuple(wrappers[0].variables) if wrappers[0] is not None else ()
+    world_rows: dict[str, list] = {v.name: [] for v in variables}
+    vis_rows: dict[str, list] = {v.name: [] for v in variables}
     next_episode = len(envs_)
     ep_ids = list(range(len(envs_)))
     ep_steps = [0] * len(envs_)
@@ -238,7 +259,9 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
     ctx = agent.intervene(interventions) if interventions else _null()
     rec_ctx = agent.hooks({s: _recorder(agent.sites[s], pool, recorded[s], rec_axes) for s in sites}) \
         if record_now else _null()
-    with ctx, rec_ctx, torch.no_grad():
+    bar = tqdm(total=steps if steps is not None else episodes, unit="step" if steps is not None else "episode",
+               desc="rl.collect", disable=None if progress is None else not progress, leave=False)
+    with bar, agent.analysis(), ctx, rec_ctx, torch.no_grad():
         while True:
             if steps is not None and total >= steps:
                 break
@@ -257,6 +280,7 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
             actions = actions.cpu().numpy()
             state = out.state
             new_obs, new_infos = [], []
+            done_before = len(completed)
             for i, e in enumerate(envs_):
                 o2, r, term, trunc, info2 = e.step(int(actions[i]))
                 rows["obs"].append(obs_list[i])
@@ -267,9 +291,11 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
                 rows["episode"].append(ep_ids[i])
                 rows["step"].append(ep_steps[i])
                 rows["env_index"].append(i)
-                for v in variables:
-                    world_rows[v.name].append(infos[i]["world"][v.name])
-                    vis_rows[v.name].append(infos[i]["world_visible"][v.name])
+                if variables:
+                    w, vis = infos[i]["world"], infos[i]["world_visible"]
+                    for v in variables:
+                        world_rows[v.name].append(w[v.name])
+                        vis_rows[v.name].append(vis[v.name])
                 if term or trunc:
                     completed.add(ep_ids[i])
                     o2, info2 = e.reset(seed=int(rng.integers(2**31 - 1)),
@@ -287,6 +313,10 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
             rows["values"].append(out.value.cpu().numpy())
             obs_list, infos = new_obs, new_infos
             total += len(envs_)
+            if steps is not None:
+                bar.update(min(len(envs_), steps - bar.n))
+            else:
+                bar.update(min(len(completed) - done_before, episodes - bar.n))
 
     n = len(rows["actions"])
     episode = np.asarray(rows["episode"], dtype=np.int64)
@@ -297,12 +327,15 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
         acts = ActivationCache({k: torch.cat(v) for k, v in recorded.items()}, rec_axes,
                                {k: agent.sites[k] for k in sites})
     elif keep_inputs:
-        acts = ActivationStore.collect(agent, _replay(inputs_log, keep, store_chunk, recurrent, batch_dim), sites,
-                                       path=store, pool=pool, batches_per_shard=8, resume=False, progress=False)
+        with agent.analysis():
+            acts = ActivationStore.collect(agent, _replay(inputs_log, keep, store_chunk, recurrent, batch_dim),
+                                           sites, path=store, pool=pool, batches_per_shard=8, resume=False,
+                                           progress=progress)
     env_label = env if isinstance(env, str) else (getattr(agent, "env_id", None) if env is None else repr(env))
     config = {"agent": getattr(agent, "name", None), "env": env_label, "seed": seed, "n_envs": len(envs_),
               "steps": steps, "episodes": episodes, "deterministic": deterministic, "sites": sites, "pool": pool,
-              "interventions": {k: repr(v) for k, v in (interventions or {}).items()}}
+              "interventions": {k: repr(v) for k, v in (interventions or {}).items()},
+              "world": None if world is None else getattr(world, "__name__", repr(world))}
     ro = Rollout(
         obs=np.stack(rows["obs"]) if n else np.zeros((0,)), actions=np.asarray(rows["actions"]),
         rewards=np.asarray(rows["rewards"], dtype=np.float32), terminated=np.asarray(rows["terminated"]),
@@ -317,6 +350,20 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
         stored = ro.activations if keep_inputs else None
         ro = ro.subset(keep) if stored is None else _subset_keep_store(ro, keep, stored)
     return ro
+
+
+def _as_agent(agent: Any, agent_cls: type) -> Any:
+    """``agent`` as an :class:`rl.agents.Agent`, through the boundary (an SB3 algorithm or policy is claimed
+    by ``rl.agents.claim``)."""
+    if isinstance(agent, agent_cls):
+        return agent
+    from interp_core.boundary import as_hooked
+
+    hooked = as_hooked(agent, argument="agent")
+    if not isinstance(hooked, agent_cls):
+        raise InputTypeError(f"agent: expected an rl Agent (rl.zoo.load(...), rl.agents.wrap(policy)), an SB3 "
+                             f"algorithm or an SB3 policy, got {type(agent).__name__}")
+    return hooked
 
 
 def _subset_keep_store(ro: Rollout, keep: np.ndarray, stored: ActivationStore) -> Rollout:
@@ -372,29 +419,36 @@ class _null:
 def _make_envs(agent: Any, env: Any, n_envs: int, env_kwargs: Mapping[str, Any] | None) -> list:
     from . import envs as envs_mod
 
-    if n_envs < 1:
-        raise InputError(f"n_envs must be >= 1, got {n_envs}")
+    if not isinstance(n_envs, (int, np.integer)) or n_envs < 1:
+        raise InputError(f"n_envs: must be an integer >= 1, got {n_envs!r}")
     if env is None or isinstance(env, str):
         env_id = env if isinstance(env, str) else getattr(agent, "env_id", None)
         if env_id is None:
-            raise InputError("the agent has no env id; pass env= (an id or a world-recording env)")
+            raise InputError("env: the agent has no env id; pass env= (an id or a gymnasium env instance)")
         kwargs = dict(getattr(agent, "env_kwargs", {}) if env is None or env == agent.env_id else {})
         kwargs.update(env_kwargs or {})
-        return [envs_mod.make(env_id, **kwargs) for _ in range(n_envs)]
+        return [envs_mod.make_any(env_id, **kwargs) for _ in range(n_envs)]
+    if not (hasattr(env, "reset") and hasattr(env, "step")):
+        raise InputTypeError(f"env: expected an env id or a gymnasium env, got {type(env).__name__}")
     if n_envs != 1:
-        raise InputError("n_envs > 1 needs an env id (so copies can be built), not an env instance")
-    find_world_wrapper(env)
+        raise InputError("n_envs: n_envs > 1 needs an env id (so copies can be built), not an env instance")
+    if env_kwargs:
+        raise InputError("env_kwargs: only used to build an env from an id; an env instance is used as it is")
     return [env]
 
 
-def replay(agent: Any, rollout: Rollout, sites: Sequence[str] | str, pool: Any = None) -> ActivationCache:
+def replay(agent: Any, rollout: Rollout, sites: Sequence[str] | str, pool: Any = None,
+           progress: bool | None = None) -> ActivationCache:
     """Activations of ``agent`` at ``sites`` on a recorded rollout's observations, aligned with its rows.
 
     The agent sees the same observation sequence as the one that acted (episode by episode, its own
     recurrent state carried from zero at each episode start), whatever its actions would have been: the
     control for a random-init twin or another seed. Episodes are processed in parallel, one batched forward
-    per time step.
+    per time step, in eval mode. ``progress``: a bar over time steps (``None``: only on a terminal).
     """
+    from .agents import Agent
+
+    agent = _as_agent(agent, Agent)
     sites = [sites] if isinstance(sites, str) else list(sites)
     order = np.lexsort((rollout.step, rollout.episode))
     eps, first = np.unique(rollout.episode[order], return_index=True)
@@ -406,8 +460,9 @@ def replay(agent: Any, rollout: Rollout, sites: Sequence[str] | str, pool: Any =
     out_rows: dict[str, list] = {s: [] for s in sites}
     row_ids: list[np.ndarray] = []
     axes: dict[str, Any] = {}
-    with torch.no_grad():
-        for t in range(max_len):
+    with agent.analysis(), torch.no_grad():
+        for t in tqdm(range(max_len), desc="rl.replay", unit="step", leave=False,
+                      disable=None if progress is None else not progress):
             alive = np.array([len(r) > t for r in rows_of])
             rows = np.array([r[t] for r in rows_of if len(r) > t])
             idx = torch.as_tensor(np.flatnonzero(alive))

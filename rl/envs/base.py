@@ -18,10 +18,12 @@ Variables are typed so probes can choose classification (categorical), ordinal r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import gymnasium as gym
+import numpy as np
 
 from interp_core.errors import InputError, InputTypeError, SiteError
 
@@ -96,12 +98,110 @@ class WorldWrapper(gym.Wrapper):
         return obs, reward, terminated, truncated, self._annotate(info)
 
 
-def find_world_wrapper(env: gym.Env) -> WorldWrapper:
-    """The outermost :class:`WorldWrapper` in ``env``'s wrapper chain (raises if there is none)."""
+def world_wrapper(env: gym.Env) -> WorldWrapper | None:
+    """The outermost :class:`WorldWrapper` in ``env``'s wrapper chain, or ``None`` (a plain env)."""
     e: Any = env
     while e is not None:
         if isinstance(e, WorldWrapper):
             return e
         e = getattr(e, "env", None)
-    raise InputTypeError(f"{env} records no world state; build it with rl.envs.make(ENV_ID) or wrap it in a "
-                    "WorldWrapper (CartPoleWorld, MiniGridWorld) first")
+    return None
+
+
+def find_world_wrapper(env: gym.Env) -> WorldWrapper:
+    """The outermost :class:`WorldWrapper` in ``env``'s wrapper chain (raises if there is none)."""
+    found = world_wrapper(env)
+    if found is None:
+        raise InputTypeError(f"env: {env} records no world state; build it with rl.envs.make(ENV_ID), wrap it in "
+                             "a WorldWrapper (CartPoleWorld, MiniGridWorld), or in rl.envs.FunctionWorld(env, "
+                             "lambda env: {...}) for variables of your own")
+    return found
+
+
+def _infer_variable(name: str, value: Any) -> Variable:
+    if isinstance(value, (bool, np.bool_)):
+        return Variable(name, "categorical", "given by the world function", ("no", "yes"))
+    if isinstance(value, (int, np.integer)):
+        return Variable(name, "ordinal", "given by the world function")
+    if isinstance(value, (float, np.floating)):
+        return Variable(name, "continuous", "given by the world function")
+    raise InputTypeError(f"world: variable {name!r} is a {type(value).__name__}; a world function returns "
+                         f"numbers (bool: categorical, int: ordinal, float: continuous), or declare the variable "
+                         f"with FunctionWorld(env, fn, variables=[Variable(...)])")
+
+
+def _coerce(var: Variable, value: Any) -> Any:
+    try:
+        return float(value) if var.kind == "continuous" else int(value)
+    except (TypeError, ValueError):
+        raise InputTypeError(f"world: variable {var.name!r} ({var.kind}) got {value!r}; give a number") from None
+
+
+class FunctionWorld(WorldWrapper):
+    """World variables computed by a function of the env: ``FunctionWorld(env, lambda env: {...})``.
+
+    ``fn(env)`` is called after every ``reset`` and ``step`` with the env this wrapper wraps, and returns
+    ``{name: value}`` or ``({name: value}, {name: visible})``. Variables are typed from the first values
+    (``bool`` -> categorical no/yes, ``int`` -> ordinal, ``float`` -> continuous) unless ``variables`` declares
+    them. Visibility flags default to ``True`` when the function gives none: without a rule for what the
+    observation shows, a decoded variable is never counted as evidence of memory (the conservative reading of
+    :mod:`rl.worldmodel`'s verdicts).
+
+    Variables recorded by a world wrapper further in (``rl.envs.make``'s) are kept beside the function's; a
+    name in both raises.
+
+    Args:
+        env: any gymnasium env.
+        fn: ``fn(env) -> values`` or ``(values, visible)``.
+        variables: the function's variables, if their kinds should not be inferred.
+    """
+
+    def __init__(self, env: gym.Env, fn: Any, variables: Any = None):
+        super().__init__(env)
+        if not callable(fn):
+            raise InputTypeError(f"world: expected a function env -> {{name: value}}, got {type(fn).__name__}")
+        self.fn = fn
+        inner = world_wrapper(env)
+        self._inner: tuple[Variable, ...] = tuple(inner.variables) if inner is not None else ()
+        self._own: tuple[Variable, ...] | None = None
+        if variables is not None:
+            own = tuple(variables)
+            bad = [v for v in own if not isinstance(v, Variable)]
+            if bad:
+                raise InputTypeError(f"variables: expected rl.envs.Variable objects, got {type(bad[0]).__name__}")
+            self._set_own(own)
+
+    def _set_own(self, own: tuple[Variable, ...]) -> None:
+        clash = sorted({v.name for v in own} & {v.name for v in self._inner})
+        if clash:
+            raise InputError(f"world: variables {clash} are recorded by the env's world wrapper already; rename "
+                             f"them in the world function")
+        self._own = own
+        self.variables = self._inner + own
+
+    def world(self) -> tuple[dict[str, Any], dict[str, bool]]:
+        got = self.fn(self.env)
+        visible_given: Any = None
+        if isinstance(got, tuple) and len(got) == 2:
+            got, visible_given = got
+        if not isinstance(got, Mapping):
+            raise InputTypeError(f"world: the world function returned a {type(got).__name__}; return a dict "
+                                 f"{{name: value}} or a pair (values, visible)")
+        if self._own is None:
+            self._set_own(tuple(_infer_variable(str(k), v) for k, v in got.items()))
+        assert self._own is not None
+        names = [v.name for v in self._own]
+        if set(got) != set(names):
+            raise InputError(f"world: the world function returned variables {sorted(got)} but earlier "
+                             f"{sorted(names)}; return the same names at every step")
+        values = {v.name: _coerce(v, got[v.name]) for v in self._own}
+        visible = {n: bool(visible_given[n]) if visible_given is not None and n in visible_given else True
+                   for n in names}
+        return values, visible
+
+    def _annotate(self, info: dict[str, Any]) -> dict[str, Any]:
+        values, visible = self.world()
+        info = dict(info)
+        info["world"] = {**info.get("world", {}), **values}
+        info["world_visible"] = {**info.get("world_visible", {}), **visible}
+        return info

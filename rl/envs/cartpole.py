@@ -9,6 +9,7 @@ import gymnasium as gym
 from interp_core.errors import InputTypeError
 
 from .base import Variable, WorldWrapper
+from .registry import EnvSpec
 
 
 class CartPoleWorld(WorldWrapper):
@@ -34,3 +35,12 @@ class CartPoleWorld(WorldWrapper):
         state = self.env.unwrapped.state
         values = {v.name: float(s) for v, s in zip(self.variables, state)}
         return values, {v.name: True for v in self.variables}
+
+
+def _make(env_id: str, **kwargs: Any) -> CartPoleWorld:
+    return CartPoleWorld(gym.make(env_id, **kwargs))
+
+
+SPECS = (EnvSpec("CartPole-*", make=_make, action_names=("push_left", "push_right"),
+                 variables=CartPoleWorld.variables, examples=("CartPole-v1",),
+                 description="gymnasium CartPole with its physical state as world variables"),)

@@ -56,8 +56,11 @@ import numpy as np
 from interp_core.errors import InputError, InputTypeError
 
 from .base import Variable, WorldWrapper
+from .registry import EnvSpec
 
 _DIRS = ("right", "down", "left", "up")
+# MiniGrid's ``Actions`` enum, by index
+ACTIONS = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
 _BLOCKING = ("wall", "lava")
 _CUES = ("key", "ball")
 _SIDES = ("up", "down")
@@ -196,8 +199,9 @@ class MiniGridWorld(WorldWrapper):
             return values, visible
         goal, _ = self._find("goal")
         if goal is None:
-            raise RuntimeError(f"{type(u).__name__} has no goal cell; MiniGridWorld needs one for goal_x/_y "
-                               "and dist_to_goal")
+            raise InputTypeError(f"env: {type(u).__name__} has no goal cell; MiniGridWorld records goal_x/_y and "
+                                 "dist_to_goal, so it needs one (or record your own variables with "
+                                 "rl.envs.FunctionWorld / rl.collect(..., world=...))")
         values["goal_x"], values["goal_y"] = goal
         visible["goal_x"] = visible["goal_y"] = bool(seen[goal])
         passable = np.ones((grid.width, grid.height), dtype=bool)
@@ -228,7 +232,8 @@ class MiniGridWorld(WorldWrapper):
         if "door" in self.objects:
             pos, door = self._find("door")
             if pos is None:
-                raise RuntimeError(f"{type(u).__name__} has no door; build MiniGridWorld(env, objects=()) ")
+                raise InputTypeError(f"objects: {type(u).__name__} has no door; build MiniGridWorld(env, objects=()) "
+                                     "or without 'door'")
             values["door_x"], values["door_y"] = pos
             values["door_open"] = int(door.is_open)
             values["door_locked"] = int(door.is_locked)
@@ -243,7 +248,8 @@ class MiniGridWorld(WorldWrapper):
         cue_pos = (1, u.height // 2 - 1)
         cue = u.grid.get(*cue_pos)
         if cue is None or cue.type not in _CUES:
-            raise RuntimeError(f"no cue object at {cue_pos} of the {type(u).__name__} grid")
+            raise InputTypeError(f"env: no cue object at {cue_pos} of the {type(u).__name__} grid; MiniGridWorld "
+                                 "reads the Memory envs' layout (MemoryEnv._gen_grid)")
         sx, sy = (int(c) for c in u.success_pos)
         fx, fy = (int(c) for c in u.failure_pos)
         up = sy < fy
@@ -254,3 +260,21 @@ class MiniGridWorld(WorldWrapper):
         values["match_side"] = 0 if up else 1
         visible["cue"] = bool(seen[cue_pos])
         visible["match_side"] = visible["cue"] and bool(seen[match_pos] or seen[other_pos])
+
+
+def _make(env_id: str, image_only: bool = True, **kwargs: Any) -> MiniGridWorld:
+    """``env_id`` with ``MiniGridWorld`` outside ``ImgObsWrapper`` (``image_only``: observe only the egocentric
+    image, as the zoo agents do; ``False`` keeps MiniGrid's dict observation, then ``agent_dir`` is visible)."""
+    try:
+        import minigrid  # noqa: F401  (registers the MiniGrid ids)
+        from minigrid.wrappers import ImgObsWrapper
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("MiniGrid envs need the 'minigrid' package: pip install 'interp-suite[rl]'") from e
+    env = gym.make(env_id, **kwargs)
+    return MiniGridWorld(ImgObsWrapper(env) if image_only else env)
+
+
+SPECS = (EnvSpec("MiniGrid-*", make=_make, action_names=ACTIONS, variables=None,
+                 examples=("MiniGrid-Empty-5x5-v0", "MiniGrid-DoorKey-5x5-v0", "MiniGrid-DoorKey-8x8-v0",
+                           "MiniGrid-MemoryS7-v0"),
+                 description="any MiniGrid env; variables depend on the env (agent pose, goal, key, door, cue)"),)

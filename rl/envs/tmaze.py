@@ -36,6 +36,7 @@ import numpy as np
 from interp_core.errors import InputError, InputTypeError
 
 from .base import Variable, WorldWrapper
+from .registry import EnvSpec
 
 CUES = ("left", "right")
 
@@ -137,3 +138,11 @@ class TMazeWorld(WorldWrapper):
                   "corridor_len": u.length}
         visible = {"cue": start, "position": start, "at_junction": True, "corridor_len": False}
         return values, visible
+
+
+def _make(env_id: str, **kwargs: Any) -> TMazeWorld:
+    return TMazeWorld(TMazeEnv(**kwargs))
+
+
+SPECS = (EnvSpec("TMaze-v0", make=_make, action_names=CUES, variables=TMazeWorld.variables,
+                 description="T-maze memory task (cue at the first step only)"),)

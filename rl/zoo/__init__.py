@@ -38,7 +38,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from interp_core.errors import InputError
+from interp_core.errors import InputError, StoreError
 
 from .specs import ZooSpec, get_spec, names
 
@@ -116,13 +116,14 @@ def load(name: str, random_init: bool = False, seed: int | None = None, checkpoi
         weights = folder / f"{stem}.safetensors"
         if not weights.exists():
             have = sorted(p.stem for p in folder.glob("*.safetensors"))
-            raise FileNotFoundError(f"no checkpoint {weights.name} in {folder} (have {have}); train it with "
-                                    f"`python -m rl.zoo.train {base} --seed {seed}`")
+            raise StoreError(f"checkpoint_dir: no checkpoint {weights.name} in {folder} (have {have}); train it "
+                             f"with `python -m rl.zoo.train {base} --seed {seed}`")
         state = load_file(str(weights))
         missing, unexpected = policy.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise RuntimeError(f"checkpoint {weights.name} does not match the {base} architecture: missing "
-                               f"{missing}, unexpected {unexpected}")
+            raise StoreError(f"checkpoint {weights} does not match the {base} architecture: missing "
+                             f"{missing}, unexpected {unexpected}; retrain it with `python -m rl.zoo.train {base} "
+                             f"--seed {seed}`")
         card_path = folder / f"{stem}.json"
         card = json.loads(card_path.read_text()) if card_path.exists() else {"name": base, "seed": seed}
         card["random_init"] = False
@@ -131,11 +132,14 @@ def load(name: str, random_init: bool = False, seed: int | None = None, checkpoi
                  card=card)
 
 
-def evaluate(agent: Any, n_episodes: int = 100, seed: int | None = None) -> dict[str, float]:
+def evaluate(agent: Any, n_episodes: int = 100, seed: int | None = None,
+             progress: bool | None = None) -> dict[str, float]:
     """Evaluate an :class:`rl.agents.Agent` as the cards do: ``n_episodes`` episodes with deterministic
-    actions, env ``i`` reset with seed ``seed + i`` (default: the cards' evaluation seed). Returns mean / std
-    return, success rate and mean episode length."""
+    actions, env ``i`` reset with seed ``seed + i`` (default: the cards' evaluation seed), the policy in eval
+    mode. Returns mean / std return, success rate and mean episode length. ``progress``: a bar over episodes
+    (``None``: only on a terminal)."""
     import numpy as np
+    from tqdm.auto import tqdm
 
     from .train import EVAL_SEED, evaluate_policy_episodes
 
@@ -144,7 +148,12 @@ def evaluate(agent: Any, n_episodes: int = 100, seed: int | None = None) -> dict
         name=agent.name, env_id=agent.env_id, algo="", policy="", policy_kwargs={}, algo_kwargs={}, n_envs=1,
         total_timesteps=0, target=("success_rate", 0.0), env_kwargs=agent.env_kwargs)
 
-    def act(obs, state, start):
-        return agent.act(obs, state, np.array([start]))
+    with tqdm(total=n_episodes, desc=f"evaluate {agent.name}", unit="episode", leave=False,
+              disable=None if progress is None else not progress) as bar:
+        def act(obs, state, start):
+            if start:  # the first step of each episode
+                bar.update(1)
+            return agent.act(obs, state, np.array([start]))
 
-    return evaluate_policy_episodes(spec, act, n_episodes, EVAL_SEED if seed is None else seed)
+        with agent.analysis():
+            return evaluate_policy_episodes(spec, act, n_episodes, EVAL_SEED if seed is None else seed)

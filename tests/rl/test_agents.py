@@ -194,3 +194,182 @@ def test_zoo_names_and_random_twin():
                                                      trained.model.state_dict().values()))
     with pytest.raises(KeyError, match="available"):
         zoo.load("pong-ppo")
+
+
+# ---------------------------------------------------------------------------------------------- site axes
+def _conv_channels_so_far(agent):
+    """{site: out_channels of the last Conv2d at or before it} along the encoder's leaves (reference for axes)."""
+    out, channels = {}, None
+    for name in agent.default_sites:
+        if name.startswith("encoder.") and name != "encoder.out":
+            module = agent.model.get_submodule(agent.sites[name].module_path)
+            if isinstance(module, nn.Conv2d):
+                channels = module.out_channels
+            out[name] = channels
+    return out
+
+
+@pytest.mark.parametrize("name", ["cartpole-ppo", "doorkey-ppo", "tmaze-recurrent", "memory-recurrent"])
+def test_every_policy_site_has_the_right_axes(name):
+    # truth: a 4-d activation of a conv stack is [batch, channels, h, w] with channels = the last conv's
+    # out_channels; everything else in these policies is [batch, feature]; the observation follows the env
+    agent = zoo.load(name)
+    env = agent.make_env()
+    obs = np.stack([env.reset(seed=s)[0] for s in range(3)])
+    _, cache = agent.run_with_cache((obs, None, None), sites=agent.default_sites)
+    channels = _conv_channels_so_far(agent)
+    for site in agent.default_sites:
+        act, axes = cache[site], agent.sites[site].axes
+        assert cache.axes(site) == axes and len(axes) == act.dim(), site
+        if site == "obs":
+            continue
+        if act.dim() == 4:
+            assert axes == ("batch", "feature", "pos", "pos"), site
+            assert act.shape[1] == channels[site], site
+        else:
+            assert act.dim() == 2 and axes == ("batch", "feature"), site
+    # the obs site holds the observation exactly as the env emitted it (float), in the env's layout
+    torch.testing.assert_close(cache["obs"], torch.as_tensor(obs, dtype=torch.float32))
+    space = env.observation_space
+    want = ("batch", "pos", "pos", "feature") if len(space.shape) == 3 else ("batch", "feature")
+    assert agent.sites["obs"].axes == want == agent.input_axes
+    if len(space.shape) == 3:  # MiniGrid: the feature axis is the (object, colour, state) code axis of size 3
+        assert agent.sites["obs"].dims("feature") == (3,) and cache["obs"].shape[3] == 3 == space.shape[2]
+    if agent.recurrent:
+        hidden = agent.model.net.lstm_actor.hidden_size
+        assert cache["memory.h"].shape[1] == cache["memory.c"].shape[1] == hidden
+
+
+def test_minigrid_obs_positions_are_the_grid_cells():
+    # editing the obs site at cell (2, 5) = editing the env observation's cell [2, 5, :] before the call
+    agent = zoo.load("doorkey-ppo")
+    env = agent.make_env()
+    obs = np.stack([env.reset(seed=s)[0] for s in range(4)])
+
+    def wipe(act, site):
+        act = act.clone()
+        act[:, 2, 5, :] = 0.0
+        return act
+
+    edited = agent.run_with_interventions((obs, None, None), {"obs": wipe})
+    ref_obs = obs.copy()
+    ref_obs[:, 2, 5, :] = 0
+    torch.testing.assert_close(edited.logits, agent(ref_obs).logits)
+    # the same policy-layout ([batch, 3, 7, 7]) batch gives the same outputs and the same obs activation
+    out_cf, cache_cf = agent.run_with_cache((obs.transpose(0, 3, 1, 2), None, None), sites=["obs"])
+    torch.testing.assert_close(cache_cf["obs"], torch.as_tensor(obs, dtype=torch.float32))
+    torch.testing.assert_close(out_cf.logits, agent(obs).logits)
+
+
+def test_plain_policy_obs_axes():
+    cnn = agents.wrap(_CNNPolicy().eval(), obs_shape=(7, 7, 3))
+    assert cnn.input_axes == ("batch", "pos", "pos", "feature")  # the env's images
+    # the adapter answers for an input batch (what input attributions ask); unknown layouts give None
+    assert cnn.adapter.input_axes(cnn.model, torch.rand(2, 7, 7, 3)) == cnn.input_axes
+    assert cnn.adapter.input_axes(cnn.model, torch.rand(2, 3, 7, 7)) is None
+    doorkey = zoo.load("doorkey-ppo")
+    assert doorkey.adapter.input_axes(doorkey.model, torch.rand(2, 7, 7, 3)) == ("batch", "pos", "pos", "feature")
+    assert doorkey.adapter.input_axes(doorkey.model, torch.rand(2, 3, 7, 7)) == ("batch", "feature", "pos", "pos")
+    # with a preprocess that transposes, the obs site is what the network sees: channels first
+    cnn.run_with_cache((torch.rand(2, 7, 7, 3), None, None), sites=["obs"])
+    assert cnn.sites["obs"].axes == ("batch", "feature", "pos", "pos")
+    gru = agents.wrap(_GRUPolicy(), obs_shape=(6,))
+    assert gru.sites["obs"].axes == ("batch", "feature") == gru.input_axes
+    assert gru.sites["memory.h"].axes == ("batch", "feature")
+    given = agents.wrap(_CNNPolicy(), obs_shape=(7, 7, 3), obs_axes=("batch", "feature", "pos", "pos"))
+    assert given.input_axes == ("batch", "feature", "pos", "pos")
+    with pytest.raises(ValueError, match="obs_axes"):
+        agents.wrap(_CNNPolicy(), obs_shape=(7, 7, 3), obs_axes=("batch", "pos", "feature"))
+
+
+# ---------------------------------------------------------------------------------------------- the boundary
+def test_hooked_model_of_a_raw_sb3_policy_has_the_canonical_sites():
+    from interp_core import HookedModel
+
+    agent = zoo.load("doorkey-ppo")
+    policy = agent.model.net
+    hm = HookedModel(policy)  # the rl adapter, found through the interp_suite.adapters entry point
+    assert hm.adapter.name == "rl-policy"
+    for site in ("obs", "encoder.0", "encoder.out", "policy.0", "value.0", "logits", "value"):
+        assert site in hm.sites
+    obs = _episode_obs(agent, 1, n=6)
+    x = torch.as_tensor(obs.transpose(0, 3, 1, 2), dtype=torch.float32)  # SB3's own (channels-first) layout
+    _, cache = hm.run_with_cache(x, sites=["obs", "encoder.out", "logits", "value"])
+    _, ref = agent.run_with_cache((obs, None, None), sites=["encoder.out", "logits", "value"])
+    for site in ("encoder.out", "logits", "value"):
+        torch.testing.assert_close(cache[site], ref[site])
+    torch.testing.assert_close(cache["obs"], x)
+    assert hm.sites["obs"].axes == ("batch", "feature", "pos", "pos")  # channels first, as this input is
+    # the agent's own step module through the plain constructor: the same canonical table as the Agent
+    same = HookedModel(agent.model)
+    assert same.sites.names == agent.sites.names
+    assert [same.sites[n].axes for n in same.default_sites] == [agent.sites[n].axes for n in agent.default_sites]
+
+
+def test_as_hooked_on_an_sb3_algorithm_gives_an_agent():
+    from stable_baselines3 import PPO
+
+    from interp_core.boundary import as_hooked
+
+    algo = PPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu", n_steps=64)
+    agent = as_hooked(algo)
+    assert isinstance(agent, agents.Agent)
+    assert agent.env_id == "CartPole-v1" and agent.action_names == ["push_left", "push_right"]
+    obs = torch.randn(8, 4)
+    with torch.no_grad():
+        dist = algo.policy.get_distribution(obs)
+    torch.testing.assert_close(torch.log_softmax(agent(obs).logits, -1), dist.distribution.logits)
+    ro = __import__("rl").collect(algo, steps=12, sites=["logits"], seed=0)  # collect takes the algorithm too
+    assert len(ro) == 12 and ro.variables and ro.activations["logits"].shape == (12, 2)
+
+
+# ---------------------------------------------------------------------------------------------- eval mode, device
+class _DropoutPolicy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Dropout(0.5))
+        self.actor = nn.Linear(64, 2)
+
+
+def test_act_runs_in_eval_mode_and_restores_flags():
+    torch.manual_seed(0)
+    net = _DropoutPolicy().train()
+    agent = agents.wrap(net, obs_shape=(4,))
+    assert agent.training  # the wrapper tells the truth about the policy's mode
+    seen = []
+    handle = net.encoder[2].register_forward_hook(lambda m, i, o: seen.append(m.training))
+    obs = torch.randn(256, 4)
+    actions, _ = agent.act(obs)
+    handle.remove()
+    with torch.no_grad():
+        net.eval()
+        ref = net.actor(net.encoder(obs)).argmax(-1).numpy()
+        net.train()
+    np.testing.assert_array_equal(actions, ref)
+    assert seen == [False] and all(m.training for m in net.modules()) and agent.model.training
+
+
+def test_device_is_cached_not_walked_per_step():
+    agent = zoo.load("cartpole-ppo")
+    calls = []
+    original = agent.model.parameters
+
+    def counting(*a, **k):
+        calls.append(1)
+        return original(*a, **k)
+
+    agent.model.parameters = counting
+    obs = _episode_obs(agent, 0, n=5)
+    for o in obs:
+        agent.act(o)
+    __import__("rl").collect(agent, steps=40, seed=0)
+    assert calls == []
+    del agent.model.parameters
+    # the cached slot follows the parameters wherever they go, also when moved through the wrapped policy
+    net = _GRUPolicy()
+    plain = agents.wrap(net, obs_shape=(6,))
+    assert plain.model.device_ == torch.device("cpu")
+    net.to("meta")
+    assert plain.model.device_.type == "meta"
+    plain.model.to_empty(device="cpu")  # through the wrapper this time
+    assert plain.model.device_.type == "cpu"

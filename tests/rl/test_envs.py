@@ -169,3 +169,81 @@ def test_tmaze_distractors_are_fresh_random_bits():
     bits = np.stack(bits)
     assert set(np.unique(bits)) <= {0.0, 1.0} and 0.2 < bits.mean() < 0.8
     assert len({tuple(b) for b in bits}) > 1
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+def test_action_names_and_variables_come_from_the_registered_specs():
+    from minigrid.core.actions import Actions
+
+    from rl.agents import default_action_names
+
+    # MiniGrid's own action enum is the truth for every MiniGrid id
+    assert default_action_names("MiniGrid-DoorKey-8x8-v0") == [a.name for a in sorted(Actions, key=int)]
+    assert default_action_names("CartPole-v1") == ["push_left", "push_right"]
+    assert default_action_names("TMaze-v0") == ["left", "right"] and default_action_names("Pong-v5") is None
+    assert envs.variables("CartPole-v1") == envs.CartPoleWorld.variables
+    assert envs.variables("TMaze-v0") == envs.TMazeWorld.variables
+    # variables that depend on the env are read from a built one
+    empty = envs.make("MiniGrid-Empty-5x5-v0")
+    assert [v.name for v in envs.variables("MiniGrid-Empty-5x5-v0")] == empty.variable_names
+    assert "key_x" in {v.name for v in envs.variables("MiniGrid-DoorKey-5x5-v0")}
+    assert set(envs.ENV_IDS) == {e for s in envs.REGISTRY for e in s.examples}
+
+
+def test_registry_lookup_rules_and_errors():
+    reg = envs.EnvRegistry()
+    general = reg.register(envs.EnvSpec("Toy-*", make=lambda env_id, **kw: None, action_names=("a", "b")))
+    narrow = reg.register(envs.EnvSpec("Toy-Big-*", make=lambda env_id, **kw: None, action_names=("x",)))
+    exact = reg.register(envs.EnvSpec("Toy-Big-v1", make=lambda env_id, **kw: None))
+    assert reg.spec("Toy-Small-v0") is general and reg.spec("Toy-Big-v0") is narrow  # most specific pattern
+    assert reg.spec("Toy-Big-v1") is exact and "Toy-Big-v1" in reg and "Other-v0" not in reg
+    with pytest.raises(ValueError, match="registered already"):
+        reg.register(envs.EnvSpec("Toy-*", make=lambda env_id, **kw: None))
+    reg.register(envs.EnvSpec("Toy-*", make=lambda env_id, **kw: None), replace=True)
+    assert reg.unregister("Toy-Big-v1") is exact and reg.spec("Toy-Big-v1") is narrow
+    with pytest.raises(ValueError, match="no world-state recorder.*Toy-\\*"):
+        reg.spec("Other-v0")
+    with pytest.raises(TypeError, match="make"):
+        envs.EnvSpec("Toy-v0", make=None)
+    with pytest.raises(TypeError, match="EnvSpec"):
+        reg.register("Toy-v0")
+    # the built-in registry is built from the listed modules only
+    assert envs.registered_ids()[:3] == ["CartPole-*", "MiniGrid-*", "TMaze-v0"]
+
+
+def test_function_world_types_values_and_errors():
+    import gymnasium as gym
+
+    calls = []
+
+    def fn(e):
+        calls.append(1)
+        return {"x": float(e.unwrapped.state[0]), "left": bool(e.unwrapped.state[0] < 0), "calls": len(calls)}
+
+    env = envs.FunctionWorld(gym.make("CartPole-v1"), fn)
+    obs, info = env.reset(seed=0)
+    assert [(v.name, v.kind) for v in env.variables] == [("x", "continuous"), ("left", "categorical"),
+                                                         ("calls", "ordinal")]
+    for t in range(5):
+        assert info["world"]["x"] == pytest.approx(float(obs[0]))  # CartPole's observation is its state
+        assert info["world"]["left"] == int(obs[0] < 0) and info["world"]["calls"] == t + 1
+        assert all(info["world_visible"].values())  # no visibility rule given: conservatively visible
+        obs, _, _, _, info = env.step(0)
+    # on top of a world wrapper: both sets of variables, a clash refused
+    both = envs.FunctionWorld(envs.make("TMaze-v0"), lambda e: ({"double": 2 * e.unwrapped.position},
+                                                                {"double": e.unwrapped.position == 0}))
+    _, info = both.reset(seed=0)
+    assert both.variable_names == [*envs.TMazeWorld(envs.TMazeEnv()).variable_names, "double"]
+    assert info["world"]["double"] == 0 and info["world_visible"]["double"] is True
+    _, _, _, _, info = both.step(0)
+    assert info["world"]["double"] == 2 * info["world"]["position"] and info["world_visible"]["double"] is False
+    with pytest.raises(ValueError, match="recorded by the env's world wrapper"):
+        envs.FunctionWorld(envs.make("TMaze-v0"), lambda e: {"cue": 1}).reset(seed=0)
+    with pytest.raises(TypeError, match="numbers"):
+        envs.FunctionWorld(gym.make("CartPole-v1"), lambda e: {"name": "left"}).reset(seed=0)
+    changing = envs.FunctionWorld(gym.make("CartPole-v1"), lambda e: {f"v{np.random.randint(1 << 30)}": 1.0})
+    with pytest.raises(ValueError, match="same names"):
+        changing.reset(seed=0)
+        changing.step(0)
+    with pytest.raises(TypeError, match="world state"):
+        envs.find_world_wrapper(gym.make("CartPole-v1"))

@@ -96,6 +96,7 @@ def test_core_attribution_saliency_over_the_grid_image():
     env = agent.make_env()
     obs = torch.as_tensor(np.stack([env.reset(seed=s)[0] for s in range(3)]), dtype=torch.float32)
     res = attribute(agent, obs, "saliency", metric=metrics.value())
+    assert tuple(res.axes) == agent.input_axes == ("batch", "pos", "pos", "feature")  # channels last, as given
     x = obs.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(agent(x).value.sum(), x)
     torch.testing.assert_close(torch.as_tensor(res.attributions), grad.abs())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -109,3 +110,126 @@ def test_collect_leaves_no_hooks_and_interventions_apply():
     with pytest.raises(KeyError):
         rl.collect(agent, steps=5, sites=["nope"])
     assert hooks() == before
+
+
+# ---------------------------------------------------------------------------------------------- any env, registry
+class _CounterEnv(gym.Env):
+    """A new env for the registry test: advance (1) or stay (0) along 5 cells; obs [pos / 5, 1]."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (2,), dtype=np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pos = 0
+        return np.array([0.0, 1.0], dtype=np.float32), {}
+
+    def step(self, action):
+        self.pos += int(action)
+        done = self.pos >= 5
+        return np.array([self.pos / 5, 1.0], dtype=np.float32), float(done), done, False, {}
+
+
+def _counter_world(env):
+    from rl.envs import Variable, WorldWrapper
+
+    class CounterWorld(WorldWrapper):
+        variables = (Variable("pos", "ordinal", "cells advanced"),)
+
+        def world(self):
+            return {"pos": self.env.unwrapped.pos}, {"pos": True}
+
+    return CounterWorld(env)
+
+
+class _TinyPolicy(torch.nn.Module):
+    def __init__(self, n_in=2, n_actions=2):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(n_in, 8), torch.nn.Tanh())
+        self.actor = torch.nn.Linear(8, n_actions)
+
+
+def test_a_new_env_is_one_registration():
+    from rl import agents, envs
+
+    spec = envs.register(envs.EnvSpec("Counter-v0", make=lambda env_id, **kw: _counter_world(_CounterEnv()),
+                                      action_names=("stay", "advance")))
+    try:
+        torch.manual_seed(0)
+        agent = agents.wrap(_TinyPolicy(), obs_shape=(2,), env_id="Counter-v0")
+        assert agent.action_names == ["stay", "advance"] and agent.action_index("advance") == 1
+        ro = rl.collect(agent, episodes=3, sites=["logits"], seed=0, deterministic=False)
+        assert [v.name for v in ro.variables] == ["pos"] and spec.examples == ("Counter-v0",)
+        for e in ro.episode_ids:  # truth: the position is the number of 'advance' actions taken before the row
+            rows = np.flatnonzero(ro.episode == e)
+            before = np.concatenate([[0], np.cumsum(ro.actions[rows])[:-1]])
+            np.testing.assert_array_equal(ro.world["pos"][rows], before)
+            assert ro.world["pos"][rows[-1]] + ro.actions[rows[-1]] == 5
+        np.testing.assert_allclose(ro.obs[:, 0] * 5, ro.world["pos"], atol=1e-6)
+        with torch.no_grad():
+            torch.testing.assert_close(ro.activations["logits"], agent(ro.obs).logits)
+    finally:
+        envs.unregister("Counter-v0")
+    with pytest.raises(ValueError, match="no world-state recorder"):
+        envs.make("Counter-v0")
+
+
+def test_collect_on_a_plain_gymnasium_env_with_and_without_world_function():
+    agent = rl.zoo.load("cartpole-ppo")
+    wrapped = rl.collect(agent, "CartPole-v1", steps=60, seed=4)
+    plain = rl.collect(agent, gym.make("CartPole-v1"), steps=60, sites=["obs", "logits"], seed=4)
+    assert plain.world == {} and plain.visible == {} and plain.variables == ()
+    np.testing.assert_array_equal(plain.obs, wrapped.obs)  # the world wrapper changes nothing the agent sees
+    np.testing.assert_array_equal(plain.actions, wrapped.actions)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.activations["logits"], agent(plain.obs).logits)
+    torch.testing.assert_close(plain.activations["obs"], torch.as_tensor(plain.obs))
+    assert plain.to_dict()["visible_rate"] == {}
+
+    ro = rl.collect(agent, gym.make("CartPole-v1"), steps=60, seed=4,
+                    world=lambda env: {"theta": float(env.unwrapped.state[2]),
+                                       "leaning_right": bool(env.unwrapped.state[2] > 0)})
+    assert [(v.name, v.kind) for v in ro.variables] == [("theta", "continuous"), ("leaning_right", "categorical")]
+    np.testing.assert_allclose(ro.world["theta"], ro.obs[:, 2], rtol=1e-6, atol=1e-7)  # obs is the state
+    np.testing.assert_array_equal(ro.world["leaning_right"], (ro.obs[:, 2] > 0).astype(int))
+    # a world function adds to a registered env's own variables
+    both = rl.collect(agent, steps=20, seed=4, world=lambda env: {"speed": abs(float(env.unwrapped.state[1]))})
+    assert list(both.world) == ["x", "x_dot", "theta", "theta_dot", "speed"]
+    np.testing.assert_allclose(both.world["speed"], np.abs(both.world["x_dot"]), rtol=1e-6)
+    # any gymnasium id that is not registered: built with gym.make, activations only
+    torch.manual_seed(0)
+    acro = rl.agents.wrap(_TinyPolicy(6, 3), obs_shape=(6,), env_id="Acrobot-v1")
+    ro = rl.collect(acro, steps=15, sites=["encoder.out"], seed=0)
+    assert ro.variables == () and ro.activations["encoder.out"].shape == (15, 8) and acro.action_names is None
+    with pytest.raises(ValueError, match="neither registered"):
+        rl.collect(acro, "NoSuchEnv-v9", steps=5)
+    with pytest.raises(ValueError, match="n_envs"):
+        rl.collect(agent, gym.make("CartPole-v1"), steps=5, n_envs=2)
+
+
+def test_collect_runs_in_eval_mode_and_restores_flags():
+    torch.manual_seed(0)
+    net = torch.nn.Module()
+    net.encoder = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.ReLU(), torch.nn.Dropout(0.5))
+    net.actor = torch.nn.Linear(64, 2)
+    net.train()
+    agent = rl.agents.wrap(net, obs_shape=(4,), env_id="CartPole-v1")
+    ro = rl.collect(agent, steps=40, sites=["encoder.2", "logits"], seed=0)
+    with torch.no_grad():
+        net.eval()
+        ref = net.actor(net.encoder(torch.as_tensor(ro.obs)))
+        net.train()
+    torch.testing.assert_close(ro.activations["logits"], ref)  # dropout was off during the rollout
+    assert all(m.training for m in net.modules()) and agent.model.training
+    replayed = rl.rollouts.replay(agent, ro, ["logits"], progress=False)
+    torch.testing.assert_close(replayed["logits"], ref)
+    assert all(m.training for m in net.modules())
+
+
+def test_progress_bar_only_when_asked(capsys):
+    agent = rl.zoo.load("cartpole-ppo")
+    rl.collect(agent, steps=20, seed=0, progress=True)
+    assert "rl.collect" in capsys.readouterr().err
+    rl.collect(agent, episodes=1, seed=0, progress=False)
+    rl.collect(agent, steps=20, seed=0)  # None: only on a terminal, and pytest's capture is not one
+    assert capsys.readouterr().err == ""

@@ -73,3 +73,18 @@ def test_stop_at_target_keeps_the_weights_it_evaluated(tmp_path, monkeypatch):
     ev = zoo.evaluate(zoo.load("tmaze-recurrent@seed0", checkpoint_dir=tmp_path), n_episodes=20)
     assert ev["success_rate"] == card["evaluation"]["success_rate"]
     assert ev["mean_return"] == pytest.approx(card["evaluation"]["mean_return"], abs=1e-9)
+
+
+def test_missing_checkpoint_is_a_store_error_and_evaluate_shows_progress(capsys):
+    from interp_core.errors import StoreError
+
+    with pytest.raises(StoreError, match="rl.zoo.train cartpole-ppo --seed 7"):
+        zoo.load("cartpole-ppo@seed7")
+    agent = zoo.load("tmaze-recurrent")
+    assert not agent.training  # zoo agents are built in eval mode: no train-mode warnings
+    quiet = zoo.evaluate(agent, n_episodes=5, progress=False)
+    assert capsys.readouterr().err == ""
+    shown = zoo.evaluate(agent, n_episodes=5, progress=True)
+    err = capsys.readouterr().err
+    assert "evaluate tmaze-recurrent@seed0" in err and "/5" in err
+    assert shown == quiet and quiet["n_episodes"] == 5
