@@ -159,7 +159,10 @@ def _card(zoo: Any, name: str) -> str:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    report = run_demo(args.out, quick=args.quick)
+    def line(i: int, n: int, name: str, seconds: float, cached: bool) -> None:
+        print(f"[{i}/{n}] {name}: {'cached' if cached else f'{seconds:.1f} s'}", file=sys.stderr, flush=True)
+
+    report = run_demo(args.out, quick=args.quick, fresh=args.fresh, on_stage=line)
     print(f"report written to {report}")
     return 0
 
@@ -310,6 +313,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "and writes an HTML report with figures and a JSON file of all numbers.")
     d.add_argument("--out", default="interp-demo", help="output folder (default: ./interp-demo)")
     d.add_argument("--quick", action="store_true", help="smaller datasets, for a fast look")
+    d.add_argument("--fresh", action="store_true", help="recompute every stage (default: finished stages of an "
+                                                        "interrupted run in the same --out are reused)")
     d.set_defaults(fn=_cmd_demo)
 
     r = sub.add_parser("report", parents=[model, data, out, sites], help="the standard analysis of a model",

@@ -1,7 +1,8 @@
 """The RL part of ``interp demo``, and the README example: probe agents' world models, with controls, and
 check causally that the agent uses what the probe finds.
 
-:func:`add_to_report` adds to an :class:`interp_core.report.Report`:
+:func:`stages` lists the sections as named stages (``interp demo`` runs, times and caches each);
+:func:`add_to_report` adds them all to an :class:`interp_core.report.Report`:
 
 1. the recurrent T-maze agent: the cue (shown only at the first step) probed during the corridor, where it
    is not in the observation, at every site, beside the random-init twin, the observation probe, the
@@ -53,46 +54,60 @@ def _flip_line(check: Any, kind: str) -> str:
             f"(95% CI {s['low']:.0%}-{s['high']:.0%})")
 
 
-def add_to_report(report: Any, quick: bool = False) -> None:
-    """Add the RL sections to ``report`` (``quick``: fewer episodes, same analyses)."""
+def stages(quick: bool = False) -> list[tuple[str, Any]]:
+    """The RL sections as named stages ``(name, fn(report))``, run (and cached) one by one by ``interp demo``."""
     import rl
 
     episodes = 60 if quick else 200
-    res = tmaze_probe(episodes)
-    cue = res.breakdown.get("memory.h|cue|0", {})
-    report.add("RL: does the T-maze agent remember the cue? (world-model probe with controls)", text=(
-        "A recurrent PPO agent (sb3-contrib RecurrentPPO, LSTM) sees the cue only at the first step, then a "
-        "corridor of random length with random distractor bits, then must turn the way the cue said. Probed on "
-        "corridor steps only, held-out episodes. The cue is decoded from memory.h while the probe on the "
-        "current observation stays at chance. The random-init twin decodes it too (a random LSTM holds a bit "
-        "over a few steps; per corridor step in the numbers), so the probe alone cannot say the agent learned "
-        "to remember: the causal check below can."), figure=res.plot(),
-        table=[{k: r[k] for k in ROW_KEYS} for r in res.rows],
-        numbers={"memory.h cue accuracy by corridor step": cue})
 
-    check = tmaze_causal_check(30 if quick else 100)
-    report.add("RL: does the agent use that memory? (causal check)", text=(
-        "Edit memory.h along the probe's cue direction during the corridor so the probe reads the other cue, "
-        "then run closed-loop episodes; the same edit norm along a random direction is the control. "
-        + _flip_line(check, "probe") + "; " + _flip_line(check, "random") + " (3 seeds)."),
-        figure=check.plot(), numbers=check.summary)
+    def tmaze(report: Any) -> None:
+        res = tmaze_probe(episodes)
+        cue = res.breakdown.get("memory.h|cue|0", {})
+        report.add("RL: does the T-maze agent remember the cue? (world-model probe with controls)", text=(
+            "A recurrent PPO agent (sb3-contrib RecurrentPPO, LSTM) sees the cue only at the first step, then a "
+            "corridor of random length with random distractor bits, then must turn the way the cue said. Probed on "
+            "corridor steps only, held-out episodes. The cue is decoded from memory.h while the probe on the "
+            "current observation stays at chance. The random-init twin decodes it too (a random LSTM holds a bit "
+            "over a few steps; per corridor step in the numbers), so the probe alone cannot say the agent learned "
+            "to remember: the causal check below can."), figure=res.plot(),
+            table=[{k: r[k] for k in ROW_KEYS} for r in res.rows],
+            numbers={"memory.h cue accuracy by corridor step": cue})
 
-    doorkey = rl.worldmodel.probe(rl.zoo.load("doorkey-ppo"),
+    def causal(report: Any) -> None:
+        check = tmaze_causal_check(30 if quick else 100)
+        report.add("RL: does the agent use that memory? (causal check)", text=(
+            "Edit memory.h along the probe's cue direction during the corridor so the probe reads the other cue, "
+            "then run closed-loop episodes; the same edit norm along a random direction is the control. "
+            + _flip_line(check, "probe") + "; " + _flip_line(check, "random") + " (3 seeds)."),
+            figure=check.plot(), numbers=check.summary)
+
+    def doorkey(report: Any) -> None:
+        res = rl.worldmodel.probe(rl.zoo.load("doorkey-ppo"),
                                   variables=["carrying_key", "door_open", "agent_x", "agent_dir", "dist_to_goal"],
                                   sites=["encoder.4", "encoder.out", "policy.1"], episodes=episodes // 2,
                                   control=False)
-    report.add("RL: DoorKey — what a high probe score does not prove", text=(
-        "On DoorKey-5x5 the agent's position, direction, key and door are readable from the egocentric "
-        "observation itself, and the layers of a random-init policy decode them too. The verdict column says "
-        "so instead of presenting them as a world model."), figure=doorkey.plot(),
-        table=[{k: r[k] for k in ROW_KEYS if k in r} for r in doorkey.rows])
+        report.add("RL: DoorKey — what a high probe score does not prove", text=(
+            "On DoorKey-5x5 the agent's position, direction, key and door are readable from the egocentric "
+            "observation itself, and the layers of a random-init policy decode them too. The verdict column says "
+            "so instead of presenting them as a world model."), figure=res.plot(),
+            table=[{k: r[k] for k in ROW_KEYS if k in r} for r in res.rows])
 
-    cart = rl.worldmodel.probe(rl.zoo.load("cartpole-ppo"), sites=["policy.1", "value.1"],
-                               episodes=4 if quick else 10)
-    report.add("RL: CartPole — the full state decodes (pipeline sanity check)", text=(
-        "Linear regression probes for cart position/velocity and pole angle/velocity: R^2 near 1, and visible "
-        "in the observation, so this checks the pipeline, not a world model."),
-        table=[{k: r[k] for k in ROW_KEYS if k in r} for r in cart.rows])
+    def cartpole(report: Any) -> None:
+        cart = rl.worldmodel.probe(rl.zoo.load("cartpole-ppo"), sites=["policy.1", "value.1"],
+                                   episodes=4 if quick else 10)
+        report.add("RL: CartPole — the full state decodes (pipeline sanity check)", text=(
+            "Linear regression probes for cart position/velocity and pole angle/velocity: R^2 near 1, and visible "
+            "in the observation, so this checks the pipeline, not a world model."),
+            table=[{k: r[k] for k in ROW_KEYS if k in r} for r in cart.rows])
+
+    return [("T-maze world-model probe", tmaze), ("T-maze causal check", causal), ("DoorKey probes", doorkey),
+            ("CartPole probes", cartpole)]
+
+
+def add_to_report(report: Any, quick: bool = False) -> None:
+    """Add every RL section to ``report`` (``quick``: fewer episodes, same analyses)."""
+    for _, run in stages(quick):
+        run(report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,3 +48,44 @@ def test_a_missing_domain_is_reported_not_fatal(tmp_path):
     run_demo(tmp_path, quick=True, domains=("no_such_domain.demo",))
     results = json.loads((tmp_path / "results.json").read_text())
     assert "pip install" in results["no_such_domain.demo: not run"]["text"]
+
+
+def test_demo_stages_report_progress_and_resume_after_an_interruption(tmp_path, monkeypatch):
+    """A run that dies in its second stage resumes there: the first stage's sections come from the cache."""
+    import sys
+    import types
+
+    import matplotlib.pyplot as plt
+
+    calls = {"a": 0, "b": 0}
+    state = {"fail": True}
+
+    def stage_a(report):
+        calls["a"] += 1
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        report.add("A <first>", text="first stage", figure=fig, table=[{"x": 1.5}], numbers={"n": 3})
+
+    def stage_b(report):
+        calls["b"] += 1
+        if state["fail"]:
+            raise KeyboardInterrupt
+        report.add("B", text="second stage")
+
+    fake = types.ModuleType("fake_demo")
+    fake.stages = lambda quick: [("a", stage_a), ("b", stage_b)]
+    monkeypatch.setitem(sys.modules, "fake_demo", fake)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(tmp_path, domains=("fake_demo",), on_stage=lambda *a: lines.append(a))
+    assert calls == {"a": 1, "b": 1} and lines[0][:3] == (1, 2, "fake_demo: a")
+    state["fail"] = False
+    lines.clear()
+    path = run_demo(tmp_path, domains=("fake_demo",), on_stage=lambda *a: lines.append(a))
+    assert calls == {"a": 1, "b": 2}
+    assert [(i, cached) for i, n, name, s, cached in lines] == [(1, True), (2, False)]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["A <first>"]["numbers"] == {"n": 3} and "B" in results
+    assert path.read_text().count("<img") == 1
+    run_demo(tmp_path, domains=("fake_demo",), fresh=True)
+    assert calls == {"a": 2, "b": 3}
