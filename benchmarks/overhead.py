@@ -164,6 +164,30 @@ def bench_store(model, paths, batches, reps):
             "ratio_to_bare": statistics.median(store) / statistics.median(bare)}
 
 
+def claims(results):
+    """The claims this benchmark checks (see ``python -m benchmarks``)."""
+    out = []
+    cmd = "python benchmarks/overhead.py"
+    for r in results.get("batch1", []):
+        ours = r["ratio_to_bare_cpu"]["interp_suite"]
+        out.append({"claim": f"run_with_cache vs bare forward, batch 1, {r['model']} (CPU time)", "value": ours,
+                    "unit": "x", "target": "<= 1.2", "met": ours <= 1.2, "command": cmd + " --only batch1"})
+        hooks = r["ratio_to_bare_cpu"]["torch_hooks_per_call"]
+        out.append({"claim": f"reference: plain torch hooks per call, {r['model']}", "value": hooks, "unit": "x",
+                    "target": "—", "met": None, "command": cmd + " --only batch1"})
+    for r in results.get("forward_with_cache", []):
+        ours = r["ratio_to_bare_cpu"]["interp_suite"]
+        out.append({"claim": f"run_with_cache of every block vs bare forward, batch 8, {r['model']} (CPU time)",
+                    "value": ours, "unit": "x", "target": "<= 1.05", "met": ours <= 1.05,
+                    "command": cmd + " --only batch8"})
+    store = results.get("store_write")
+    if store:
+        out.append({"claim": "ActivationStore.collect to disk vs bare forwards (vit_tiny, 12 blocks unpooled)",
+                    "value": store["ratio_to_bare"], "unit": "x", "target": "<= 1.3",
+                    "met": store["ratio_to_bare"] <= 1.3, "command": cmd + " --only store"})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=15)
@@ -199,6 +223,7 @@ def main() -> None:
                                              [torch.randn(8, 3, 224, 224) for _ in range(args.store_batches)],
                                              args.store_reps)
         print("store", round(results["store_write"]["ratio_to_bare"], 3))
+    results["claims"] = claims(results)
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
 
