@@ -8,7 +8,10 @@ import torch
 from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Saliency
 
 import vision
+from interp_core.attribution import attribute
+from interp_core.errors import InputError
 from interp_core.interventions import Replace
+from interp_core.metrics import logit
 from vision.attribution import (
     attention_rollout,
     attribution_map,
@@ -138,7 +141,9 @@ def test_overlay_and_mass(cnn, digits):
     X, y = digits
     res = attribution_map(cnn, X[:3], "integrated_gradients", target=y[:3], n_steps=8)
     fig = res.plot(n=3)
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 4  # three captioned overlays and one colour bar
+    assert [a.get_title() for a in fig.axes[:3]] == [f"image {i}, target {int(y[i])}" for i in range(3)]
+    assert fig.axes[3].get_ylabel() == "attribution"
     fig2 = overlay(X[0], res.grid[0])
     assert len(fig2.axes) == 1
     mask = torch.zeros(8, 8, dtype=torch.bool)
@@ -147,5 +152,84 @@ def test_overlay_and_mass(cnn, digits):
     want = res.maps.abs()[:, :4].sum((1, 2)) / res.maps.abs().sum((1, 2))
     torch.testing.assert_close(frac, want)
     torch.testing.assert_close(res.mass_in(~mask), 1 - want)
-    with pytest.raises(ValueError, match="site="):
+    with pytest.raises(InputError, match="site="):
         attribution_map(cnn, X, "gradcam")
+    with pytest.raises(InputError, match="closest"):
+        attribution_map(cnn, X, "gradcan", site="layer2.0")
+
+
+def test_signed_saliency_is_passed_through(cnn, digits):
+    X, y = digits
+    net = cnn.model
+    signed = attribution_map(cnn, X, "saliency", target=y, abs=False)
+    ref = Saliency(net).attribute(X.clone(), target=y, abs=False)
+    torch.testing.assert_close(signed.maps, ref.sum(1), rtol=1e-6, atol=1e-7)
+    assert (signed.maps < 0).any()
+    absolute = attribution_map(cnn, X, "saliency", target=y, abs=True)
+    torch.testing.assert_close(absolute.maps, ref.abs().sum(1), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("site", ["blocks.1.resid_post", "blocks.1"])
+def test_one_gradcam_for_vision_and_core(site):
+    # the same call gives the same numbers: vision's map is the core's map placed on the patch grid
+    hm = vision.zoo.load("digits-vit")
+    X, y = vision.zoo.test_data("digits-vit")
+    X, y = X[:5], y[:5]
+    img = attribution_map(hm, X, "gradcam", site=site, target=y)
+    core = attribute(hm, X, "gradcam", site=site, target=y)
+    assert core.axes == ("batch", "pos") and core.config["positions"] == list(range(1, 17))
+    torch.testing.assert_close(img.grid, core.attributions.reshape(5, 4, 4))
+    # and through a plain nn.Module (the registry gives it the same adapter)
+    torch.testing.assert_close(attribution_map(hm.model, X, "gradcam", site=site, target=y).grid, img.grid)
+
+
+def test_one_gradcam_on_a_cnn(cnn, digits):
+    X, y = digits
+    img = attribution_map(cnn, X, "gradcam", site="layer2.0", target=y)
+    core = attribute(cnn.model, X, "gradcam", site="layer2.0", target=y)
+    torch.testing.assert_close(img.grid, core.attributions)
+
+
+def test_vit_gradcam_on_frozen_model_and_under_no_grad():
+    import copy
+
+    hm = vision.zoo.load("digits-vit")
+    X, y = vision.zoo.test_data("digits-vit")
+    X, y = X[:4], y[:4]
+    want = attribution_map(hm, X, "gradcam", site="blocks.1.resid_post", target=y).grid
+    frozen = copy.deepcopy(hm.model).requires_grad_(False)
+    torch.testing.assert_close(attribution_map(frozen, X, "gradcam", site="blocks.1.resid_post", target=y).grid,
+                               want)
+    with torch.no_grad():
+        got = attribution_map(hm, X, "gradcam", site="blocks.1.resid_post", target=y).grid
+        ig = attribution_map(frozen, X, "integrated_gradients", target=y, n_steps=8).maps
+    torch.testing.assert_close(got, want)
+    ref = IntegratedGradients(hm.model).attribute(X, target=y, n_steps=8).sum(1)
+    torch.testing.assert_close(ig, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_randomization_test_with_a_metric_and_signed_saliency(cnn, digits):
+    # truth: captum's signed saliency and scipy's Spearman on a copy re-initialised by hand the same way
+    import copy
+
+    from scipy.stats import spearmanr
+
+    from vision.attribution import _reinit
+
+    X, y = digits
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    by_metric = randomization_test(cnn, X, method="saliency", metric=logit(y), steps=["fc"], seed=3)
+    assert torch.equal(torch.get_rng_state(), state)  # the re-initialisation uses a private generator
+    by_target = randomization_test(cnn, X, method="saliency", target=y, steps=["fc"], seed=3)
+    np.testing.assert_allclose(by_metric.spearman, by_target.spearman)
+    np.testing.assert_allclose(by_metric.spearman_abs, by_target.spearman_abs)
+    net = copy.deepcopy(cnn.model).eval()
+    _reinit(net.fc, torch.Generator().manual_seed(3))
+    a = Saliency(cnn.model).attribute(X.clone(), target=y, abs=False).sum(1)
+    b = Saliency(net).attribute(X.clone(), target=y, abs=False).sum(1)
+    signed = np.mean([spearmanr(a[i].flatten(), b[i].flatten()).statistic for i in range(len(X))])
+    absolute = np.mean([spearmanr(a[i].abs().flatten(), b[i].abs().flatten()).statistic for i in range(len(X))])
+    assert by_metric.spearman[1] == pytest.approx(signed, abs=1e-5)
+    assert by_metric.spearman_abs[1] == pytest.approx(absolute, abs=1e-5)
+    assert abs(signed - absolute) > 1e-3  # the signed column is not the absolute one
