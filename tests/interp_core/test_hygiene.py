@@ -93,3 +93,55 @@ def test_randomized_interventions_leave_no_trace(plan, raise_in_block, train_fla
     MODEL.eval()
     MODEL(X)  # the user's own hook still fires after every exit path
     assert USER_CALLS["n"] > before_user
+
+
+# ---------------------------------------------------------------------------------------------- forward overrides
+def _vit():
+    import vision
+
+    from ..conftest import make_vit
+
+    vit = make_vit()
+    return vit, vision.wrap(vit)
+
+
+VIT, VIT_HM = _vit()
+VX = torch.randn(2, 3, 16, 16)
+with torch.no_grad():
+    VREF = VIT(VX)
+OVERRIDABLE = ["blocks.0", "blocks.1", "blocks.0.attn", "blocks.1.mlp", "norm", "head"]
+VIRTUAL = ["blocks.0.attn.z", "blocks.1.attn.pattern", "blocks.0.resid_mid"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.tuples(st.sampled_from(OVERRIDABLE), st.floats(-2, 2)), min_size=1, max_size=6),
+       order=st.randoms(use_true_random=False), virtual=st.lists(st.sampled_from(VIRTUAL), max_size=3, unique=True),
+       fail=st.booleans())
+def test_forward_overrides_and_virtual_sites_in_any_order_leave_the_model_as_it_was(ops, order, virtual, fail):
+    """Forward overrides (what patching's prefix reuse and the ViT's per-head sites use) stacked on the same
+    modules and removed in a random order, some while an intervention on a virtual site is active and some
+    after an exception: the model computes exactly what it did before, with its own forwards."""
+    from interp_core.forwards import active_overrides, replace_forward
+
+    removal = list(range(len(ops)))
+    order.shuffle(removal)  # drawn before any override exists: hypothesis may stop an example while drawing
+    handles = [replace_forward(VIT.get_submodule(path), lambda m, inner, k=k: (lambda *a, **kw: inner(*a, **kw) * k))
+               for path, k in ops]
+    handles = [handles[i] for i in removal]
+    try:
+        with VIT_HM.intervene({v: Replace(lambda a: a) for v in virtual}):
+            for h in handles[: len(handles) // 2]:
+                h.remove()
+            with torch.no_grad():
+                VIT(VX)
+            if fail:
+                raise Boom()
+    except Boom:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    left = [n for n, m in VIT.named_modules() if active_overrides(m) or "forward" in m.__dict__]
+    assert not left, left
+    with torch.no_grad():
+        assert torch.equal(VIT(VX), VREF)
