@@ -6,11 +6,13 @@
   exact per-head ``blocks.{i}.attn.q|k|v|pattern|z``, ``attn.out``, ``mlp.hidden|out``, ``final_norm``,
   ``logits``); :mod:`vision.cnn` — stage/block outputs of ResNets, ConvNeXt, VGG, MobileNets, with channels
   as features and spatial cells as positions;
-- :mod:`vision.logit_lens` — the ViT logit lens (per-layer decoding through the final norm and head);
+- :func:`logit_lens` (:mod:`vision.lens`) — the ViT logit lens (per-layer decoding through the final norm and
+  head);
 - :mod:`vision.attribution` — image attribution maps (captum), attention rollout, overlays, and the
   parameter-randomisation sanity check;
 - :mod:`vision.data` (digits, synthetic shapes with a planted shortcut), :mod:`vision.zoo` (tiny trained
-  models), :mod:`vision.featvis`, :mod:`vision.exemplars`.
+  models), :mod:`vision.featvis`, :mod:`vision.exemplars`; :mod:`vision.swin` — Swin Transformer sites
+  (channels-last maps, per-window attention).
 
 Submodules are imported lazily (``vision.zoo`` costs nothing until used).
 """
@@ -20,12 +22,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["load", "wrap", "logit_lens", "attribution", "cnn", "data", "exemplars", "featvis", "loading",
-           "vit", "zoo"]
+__all__ = ["load", "wrap", "logit_lens", "attribution", "cnn", "data", "exemplars", "featvis", "lens", "loading",
+           "swin", "vit", "zoo"]
 
-# ``vision.logit_lens`` is the submodule, made callable: ``vision.logit_lens(hm, data)`` runs
-# :func:`vision.logit_lens.logit_lens` (a function of the same name would be shadowed by the submodule).
-_SUBMODULES = {"attribution", "cnn", "data", "exemplars", "featvis", "loading", "logit_lens", "vit", "zoo"}
+_SUBMODULES = {"attribution", "cnn", "data", "exemplars", "featvis", "lens", "loading", "swin", "vit", "zoo"}
 
 
 def load(name: str, weights: Any = None, pretrained: bool = False, **kwargs: Any) -> Any:
@@ -40,6 +40,13 @@ def wrap(model: Any, example_input: Any = None) -> Any:
     from .loading import wrap as _wrap
 
     return _wrap(model, example_input=example_input)
+
+
+def logit_lens(model: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+    """The ViT logit lens; see :func:`vision.lens.logit_lens`."""
+    from .lens import logit_lens as _logit_lens
+
+    return _logit_lens(model, data, *args, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

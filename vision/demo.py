@@ -30,7 +30,7 @@ from . import featvis, zoo
 from .attribution import attribution_map, spearman
 from .data import DIGITS_MEAN, DIGITS_STD, shapes
 from .exemplars import top_exemplars
-from .logit_lens import logit_lens
+from .lens import logit_lens
 
 
 def add_to_report(report: Any, quick: bool = False) -> None:

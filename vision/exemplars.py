@@ -19,12 +19,18 @@ show the winners with the input region each spatial cell sees.
   tokens such as CLS get the whole image); ``box="receptive"`` is the empirical receptive field — the
   bounding box of input pixels with non-zero gradient of the cell's activation (sum over features) on a few
   random inputs.
+- **The boundary.** The model enters through :func:`interp_core.boundary.as_hooked`, the data through
+  :func:`interp_core.boundary.iter_batches` (a tensor or numpy array, an ``(x, y)`` pair, a ``Dataset`` or an
+  unshuffled ``DataLoader``; labels are ignored), and the forwards run in eval mode (``hm.analysis()``).
+- **Recurrent agents** (an :class:`rl.agents.Agent` with memory) are refused unless ``states=`` gives the
+  recurrent state each observation was seen with: run alone, every observation would start from a zero
+  memory, which gives activations the agent never had. Record states and activations with ``rl.collect``.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +39,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm.auto import tqdm
 
-from interp_core.axes import batch_pos_feature
+from interp_core.axes import batch_pos_feature, flat_position
+from interp_core.boundary import as_hooked, iter_batches
 from interp_core.errors import InputError, InputIndexError, InputTypeError
+from interp_core.results import Result, save_json
 
 __all__ = ["Exemplars", "top_exemplars", "cell_boxes", "receptive_boxes"]
 
 
 @dataclass
-class Exemplars:
+class Exemplars(Result):
     """Top-k exemplars per unit.
 
     Attributes:
@@ -122,10 +131,9 @@ class Exemplars:
                 "cells": self.cells.tolist() if self.cells is not None else None,
                 "boxes": self.boxes.tolist() if self.boxes is not None else None, "config": self.config}
 
-    def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.write_text(json.dumps(self.to_dict()))
-        return p
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_dict` as JSON, atomically."""
+        return save_json(self.to_dict(), path)
 
 
 # ------------------------------------------------------------------------------------------------ boxes
@@ -173,12 +181,16 @@ def receptive_boxes(hm: Any, site: str, example: torch.Tensor, positions: Iterab
     The box bounds the input pixels where ``d sum_features a[b, pos] / d x`` is non-zero for any of
     ``n_samples`` Gaussian inputs shaped like ``example`` ``[C, H, W]`` (eval mode).
     """
+    hm = as_hooked(hm)
+    if not isinstance(example, torch.Tensor) or not example.is_floating_point():
+        raise InputTypeError(f"example: expected one floating input tensor [C, H, W], got "
+                             f"{type(example).__name__ if not isinstance(example, torch.Tensor) else example.dtype}")
     gen = torch.Generator().manual_seed(seed)
     x0 = torch.randn(n_samples, *example.shape, generator=gen).to(example.device, example.dtype)
     out: dict[int, tuple[int, int, int, int]] = {}
     wanted = sorted(set(int(q) for q in positions))
     chunk = max(1, 256 // n_samples)
-    with hm.evaluating():
+    with hm.analysis():
         # examples in a batch are independent (eval mode), so one backward serves many positions at once:
         # copy j of the inputs only carries the gradient of position wanted[j]
         for start in range(0, len(wanted), chunk):
@@ -201,17 +213,45 @@ def receptive_boxes(hm: Any, site: str, example: torch.Tensor, positions: Iterab
 
 
 # ------------------------------------------------------------------------------------------------ main
-def _loader(data: Any, batch_size: int) -> DataLoader | Iterable:
+class _Element(Dataset):
+    """Element ``index`` of each tuple item of a dataset (items such as ``(image, label, factors)``)."""
+
+    def __init__(self, dataset: Dataset, index: int):
+        self.dataset, self.index = dataset, index
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.dataset[i]
+        return item[self.index] if isinstance(item, (tuple, list)) else item
+
+
+def _inputs_only(data: Any, index: int) -> Any:
+    """``data`` with each item / batch reduced to its input (element ``index`` of tuple items), so items with
+    more than ``(x, y)`` (e.g. ``vision.data.shapes``: image, label, factors) batch like plain inputs."""
     if isinstance(data, DataLoader):
-        if isinstance(data.sampler, RandomSampler):
-            raise InputError("the DataLoader shuffles, so exemplar indices would not identify items; use "
-                             "shuffle=False")
-        return data
-    if isinstance(data, torch.Tensor):
-        return [data[i:i + batch_size] for i in range(0, data.shape[0], batch_size)]
-    if isinstance(data, Dataset) or hasattr(data, "__getitem__"):
-        return DataLoader(data, batch_size=batch_size, shuffle=False)
-    raise InputTypeError(f"data must be a DataLoader, a Dataset or a tensor [N, C, H, W], got {type(data).__name__}")
+        return (b[index] if isinstance(b, (tuple, list)) else b for b in data)
+    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        return _Element(data, index)
+    return data
+
+
+def _state_batch_dims(hm: Any, states: Sequence[torch.Tensor]) -> list[int]:
+    """The batch axis of each recurrent state tensor: the axis that grows with the batch in
+    ``hm.initial_state(1)`` vs ``hm.initial_state(2)``."""
+    one, two = hm.initial_state(1), hm.initial_state(2)
+    if one is None or len(one) != len(states):
+        raise InputError(f"states: the agent's recurrent state has {0 if one is None else len(one)} tensors, got "
+                         f"{len(states)}; give them as the agent takes them (see Agent.initial_state)")
+    dims = []
+    for i, (a, b, s) in enumerate(zip(one, two, states)):
+        diff = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]
+        if len(diff) != 1 or s.dim() != a.dim():
+            raise InputError(f"states[{i}]: shape {tuple(s.shape)} does not match the agent's state layout "
+                             f"{tuple(a.shape)} (batch 1)")
+        dims.append(diff[0])
+    return dims
 
 
 def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int] | None = None,
@@ -219,14 +259,17 @@ def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int
                   features: Callable[[torch.Tensor], torch.Tensor] | None = None,
                   neuron_pos: int | str | Sequence[int] | None = None, k: int = 9, by: str = "image",
                   reduce: str = "max", box: str | None = "stride", keep_images: bool = True,
-                  batch_size: int = 128, preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  input_index: int = 0) -> Exemplars:
+                  batch_size: int | None = None, preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  input_index: int = 0, states: Sequence[torch.Tensor] | None = None,
+                  progress: bool | None = None) -> Exemplars:
     """Stream ``data`` through ``hm`` and keep the top-``k`` exemplars of each unit at ``site``.
 
     Args:
-        hm: an :class:`interp_core.HookedModel` (a plain ``nn.Module`` is wrapped with the generic adapter).
-        data: a ``DataLoader`` (not shuffled), a ``Dataset`` or an input tensor ``[N, C, H, W]``; for tuple
-            items the input is element ``input_index``.
+        hm: the model: an :class:`interp_core.HookedModel` or a plain ``nn.Module`` (wrapped with the adapter
+            the registry picks).
+        data: inputs ``[N, ...]`` (tensor or numpy), an ``(x, y)`` pair, a ``Dataset`` or a ``DataLoader``
+            (not shuffled, so indices identify items); labels are ignored. For items with more than two
+            elements the input is element ``input_index``.
         site: the site name.
         channels: which features (or outputs of ``features``) are units; default all.
         direction: ``[d]`` or ``[U, d]``: units are projections on these (unit-normalised) directions.
@@ -237,23 +280,42 @@ def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int
         reduce: ``"max"`` or ``"mean"`` over positions for ``by="image"``.
         box: ``"stride"``, ``"receptive"`` or ``None`` (see the module docstring).
         keep_images: keep the k input images per unit (for :meth:`Exemplars.plot`).
+        batch_size: examples per forward (default: from the site's activation size).
         preprocess: applied to each input batch before the model (e.g. normalisation).
+        states: recurrent agents only: the recurrent state each observation was seen with, as a tuple of
+            tensors in the agent's own layout (:meth:`rl.agents.Agent.initial_state`) with all ``N`` examples
+            on its batch axis. Required for recurrent agents (module docstring).
+        progress: a progress bar over batches (``None``: only on a terminal).
     """
-    from interp_core import HookedModel
-    from interp_core.axes import flat_position
-
-    if isinstance(hm, torch.nn.Module):
-        hm = HookedModel(hm)
+    hm = as_hooked(hm)
+    recurrent = bool(getattr(hm, "recurrent", False))
+    if recurrent and states is None:
+        raise InputError(
+            f"model: {hm!r} is recurrent; run alone, each observation would start from a zero memory and give "
+            f"activations the agent never had. Record the states with rl.collect(agent, sites=[...]) and use the "
+            f"rollout's activations, or pass states= (the recurrent state of every observation, as the agent "
+            f"takes it)")
+    if states is not None and not recurrent:
+        raise InputError("states: only recurrent agents take recurrent states; drop states= for this model")
     if by not in ("image", "cell"):
-        raise InputError(f"by must be 'image' or 'cell', got {by!r}")
+        raise InputError(f"by: must be 'image' or 'cell', got {by!r}")
     if reduce not in ("max", "mean"):
-        raise InputError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+        raise InputError(f"reduce: must be 'max' or 'mean', got {reduce!r}")
     if box not in ("stride", "receptive", None):
-        raise InputError(f"box must be 'stride', 'receptive' or None, got {box!r}")
+        raise InputError(f"box: must be 'stride', 'receptive' or None, got {box!r}")
     if direction is not None and features is not None:
-        raise InputError("give either direction= or features=, not both")
-    if k < 1:
-        raise InputError(f"k must be >= 1, got {k}")
+        raise InputError("direction, features: give either direction= or features=, not both")
+    if not isinstance(k, int) or k < 1:
+        raise InputError(f"k: must be a positive integer, got {k!r}")
+    if isinstance(data, DataLoader) and isinstance(data.sampler, RandomSampler):
+        raise InputError("data: the DataLoader shuffles, so exemplar indices would not identify items; use "
+                         "shuffle=False")
+    # (per-call sites of reused modules exist only once traced: unknown names fail at the first forward)
+    site_info = hm.sites[site] if site in hm.sites else None
+    if box == "stride" and hm.adapter.name == "swin" and site_info is not None and site_info.kind == "virtual":
+        raise InputError(f"box: site '{site}' is laid out per attention window (window, token in window), not as "
+                         f"the image grid, so stride boxes would point at the wrong pixels; use box='receptive' "
+                         f"or box=None")
     dirs = None
     if direction is not None:
         dirs = torch.as_tensor(np.asarray(direction) if not isinstance(direction, torch.Tensor) else direction)
@@ -261,9 +323,10 @@ def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int
         dirs = dirs[None] if dirs.ndim == 1 else dirs
         norms = dirs.norm(dim=1, keepdim=True)
         if (norms == 0).any() or not torch.isfinite(dirs).all():
-            raise InputError("directions must be finite and non-zero")
+            raise InputError("direction: directions must be finite and non-zero")
         dirs = dirs / norms
     sel = [channels] if isinstance(channels, int) else (list(channels) if channels is not None else None)
+    state_dims = _state_batch_dims(hm, states) if states is not None else None
 
     best_s = best_i = best_p = best_img = None
     pos_shape: tuple[int, ...] = ()
@@ -272,14 +335,28 @@ def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int
     seen = 0
     example = None
     unit_names: list[str] = []
-    with hm.evaluating():
-        for batch in _loader(data, batch_size):
-            x = batch[input_index] if isinstance(batch, (tuple, list)) else batch
+    batches = iter_batches(_inputs_only(data, input_index), model=hm, batch_size=batch_size, sites=[site])
+    with hm.analysis():
+        for batch in tqdm(batches, desc=f"exemplars at {site}", unit="batch",
+                          disable=None if progress is None else not progress):
+            x = batch.inputs
+            if isinstance(x, (tuple, list)):
+                x = x[input_index]
+            if not isinstance(x, torch.Tensor):
+                raise InputTypeError(f"data: exemplars need tensor inputs, got {type(x).__name__} (items of a "
+                                     f"Dataset of dicts give keyword arguments; give x or (x, y) items)")
             x = preprocess(x) if preprocess is not None else x
-            x = x.to(hm.device)
             if example is None:
                 example = x[0].detach().clone()
-            _, cache = hm.run_with_cache(x, sites=[site])
+            b = x.shape[0]
+            if state_dims is not None:
+                if seen + b > states[0].shape[state_dims[0]]:
+                    raise InputError(f"states: hold {states[0].shape[state_dims[0]]} examples on their batch axis, "
+                                     f"fewer than the data's; give one state per observation")
+                st = tuple(s.narrow(d, seen, b).to(hm.device) for s, d in zip(states, state_dims))
+                _, cache = hm.run_with_cache((x, st, None), sites=[site])
+            else:
+                _, cache = hm.run_with_cache(x, sites=[site])
             t, pos_shape = batch_pos_feature(cache[site], cache.axes(site))  # [B, P, d]
             site_obj = cache.site(site)
             b, n_pos, d = t.shape
@@ -347,7 +424,10 @@ def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int
             best_s, best_i, best_p = new_s, new_i, new_p
             seen += b
     if best_s is None:
-        raise InputError("the data yielded no batches")
+        raise InputError("data: yielded no batches; give at least one example")
+    if state_dims is not None and seen != states[0].shape[state_dims[0]]:
+        raise InputError(f"states: hold {states[0].shape[state_dims[0]]} examples on their batch axis but the data "
+                         f"has {seen}; give one state per observation")
     cells = boxes = None
     if pos_shape and (by == "cell" or reduce == "max" or pos_index is not None):
         flat = best_p.clamp_min(0)

@@ -11,7 +11,13 @@ lucent (``optvis/param``, ``optvis/transform``, ``optvis/objectives``):
   to [0, 1]. ``param="pixel"`` is the plain baseline (pixels, sigmoid).
 - **Robustness transforms.** Each step sees a randomly padded, jittered, scaled and rotated copy (all
   differentiable), so the result must work under small transformations rather than exploit pixel-exact
-  adversarial patterns. Sizes scale with the image (lucid's defaults are for 224 px).
+  adversarial patterns. Sizes scale with the image (lucid's defaults are for 224 px; below 32 px only a
+  size-preserving shift of ``size / 8`` pixels, so the 8x8 digits get one pixel). A model with a fixed input
+  size (a timm ViT's ``patch_embed.img_size``) gets each transformed image resized back to that size.
+- **Dead units.** A unit that never fires (e.g. a ReLU whose input is negative for every image the optimiser
+  sees) has a zero gradient: the image stays its initial noise and the objective stays 0. :func:`visualize`
+  then warns (:class:`~interp_core.errors.InterpWarning`) and, given ``data=``, reports the objective's
+  maximum over that data (``dataset_max``), so "never fires here" can be told from "never fires at all".
 - **Objectives** read activations at sites through :meth:`interp_core.HookedModel.run_with_cache` with
   ``grad=True`` and compose like lucent's: ``channel("layer2", 3) - 0.5 * neuron("layer1", 0, (2, 2))``.
   An objective maps the activations to one value per image, which is **maximised**.
@@ -23,8 +29,9 @@ lucent (``optvis/param``, ``optvis/transform``, ``optvis/objectives``):
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +41,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from interp_core.axes import batch_pos_feature, flat_position
+from interp_core.boundary import as_hooked, iter_batches
 from interp_core.cache import ActivationCache
-from interp_core.errors import InputError, InputIndexError, InputTypeError
+from interp_core.errors import InputError, InputIndexError, InputTypeError, InterpWarning
+from interp_core.results import Result, save_json
 
 __all__ = [
     "Objective", "channel", "neuron", "direction", "feature", "FeatureVisualization", "visualize",
     "fft_image", "pixel_image", "to_valid_image", "jitter", "pad", "shift", "random_scale", "random_rotate",
-    "standard_transforms", "normalizer",
+    "standard_transforms", "normalizer", "fixed_input_size", "dataset_max",
 ]
 
 ActFn = Callable[[ActivationCache], torch.Tensor]
@@ -299,11 +309,14 @@ def standard_transforms(image_size: int) -> list[Transform]:
     From 32 px up: lucent's ``standard_transforms`` with pixel sizes scaled from 224 px (times 4, so small
     images still move by a few pixels): ``pad(12), jitter(8), random_scale([1 + (i - 5) / 50 for i in
     range(11)]), random_rotate(range(-10, 11) + 5 * [0]), jitter(4)``. Below 32 px (e.g. 8x8 digits), where a
-    pixel is a large part of the object, only a size-preserving random shift by up to 1 pixel (with the full
-    set, class-logit visualisations of the 8x8 zoo models often fail to reach their class).
+    pixel is a large part of the object, only a size-preserving random shift by up to ``max(1, size // 8)``
+    pixels (with the full set, class-logit visualisations of the 8x8 zoo models often fail to reach their
+    class, and a fixed-size model cannot take the grown canvas).
     """
+    if not isinstance(image_size, int) or image_size < 1:
+        raise InputError(f"image_size: must be a positive integer, got {image_size!r}")
     if image_size < 32:
-        return [shift(1)]
+        return [shift(max(1, image_size // 8))]
     k = image_size / 224
     return [pad(max(1, round(12 * k * 4))), jitter(max(2, round(8 * k * 4))),
             random_scale([1 + (i - 5) / 50 for i in range(11)]),
@@ -319,7 +332,7 @@ def normalizer(mean: float | Sequence[float], std: float | Sequence[float]) -> C
 
 # --------------------------------------------------------------------------------------------- result
 @dataclass
-class FeatureVisualization:
+class FeatureVisualization(Result):
     """The optimised images and how they were made.
 
     Attributes:
@@ -328,6 +341,10 @@ class FeatureVisualization:
         history: objective value (mean over the batch, on transformed images) at each step.
         final_value: ``[batch]`` objective value on the final, untransformed images.
         config: the arguments of :func:`visualize`.
+        dead: the objective's gradient was zero at every step (the unit never fired; ``image`` is the
+            initial noise).
+        dataset_max: the objective's maximum over ``data`` (one value per example, then the max), when
+            ``data`` was given; ``None`` otherwise.
     """
 
     image: torch.Tensor
@@ -335,6 +352,8 @@ class FeatureVisualization:
     history: list[float]
     final_value: torch.Tensor
     config: dict[str, Any] = field(default_factory=dict)
+    dead: bool = False
+    dataset_max: float | None = None
 
     def plot(self, ax: Any = None, cmap: str = "gray") -> Any:
         """The images side by side (greyscale for one channel); returns the matplotlib figure."""
@@ -355,29 +374,59 @@ class FeatureVisualization:
                 a.imshow(img.permute(1, 2, 0).numpy()[..., :3])
             a.set_axis_off()
             a.set_title(f"{float(self.final_value[i]):.3g}", fontsize=8)
-        fig.suptitle(self.objective, fontsize=9)
+        title = self.objective
+        if self.dead:
+            title += " (never fired: initial noise)"
+        if self.dataset_max is not None:
+            title += f"; dataset max {self.dataset_max:.3g}"
+        fig.suptitle(title, fontsize=9)
         return fig
 
     def to_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "image": self.image.tolist(), "image_shape": list(self.image.shape),
-                "history": self.history, "final_value": self.final_value.tolist(), "config": self.config}
+                "history": self.history, "final_value": self.final_value.tolist(), "config": self.config,
+                "dead": self.dead, "dataset_max": self.dataset_max}
 
-    def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.write_text(json.dumps(self.to_dict()))
-        return p
+    def save(self, path: str | os.PathLike) -> Path:
+        return save_json(self.to_dict(), path)
 
 
 # ---------------------------------------------------------------------------------------------- main
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """``(H, W)`` a model insists on (a timm patch embedding with ``strict_img_size`` and no dynamic size),
+    or ``None`` when it takes any size."""
+    pe = getattr(model, "patch_embed", None)
+    size = getattr(pe, "img_size", None)
+    if size is None or not getattr(pe, "strict_img_size", False) or getattr(pe, "dynamic_img_size", False):
+        return None
+    return int(size[0]), int(size[1])
+
+
+def dataset_max(model: Any, objective: "Objective", data: Any, batch_size: int | None = None,
+                progress: bool | None = None) -> float:
+    """The maximum of ``objective`` over the examples of ``data`` (model inputs, fed as they are), eval mode."""
+    hm = as_hooked(model)
+    best = -math.inf
+    with hm.analysis(), torch.no_grad():
+        batches = iter_batches(data, model=hm, batch_size=batch_size, sites=list(objective.sites))
+        for batch in tqdm(batches, desc="dataset maximum", unit="batch",
+                          disable=None if progress is None else not progress):
+            _, cache = hm.run_with_cache(batch.inputs, sites=list(objective.sites))
+            best = max(best, float(objective(cache).max()))
+    return best
+
+
 def visualize(hm: Any, objective: Objective, steps: int = 128, image_shape: Sequence[int] = (3, 32, 32),
               batch: int = 1, param: str = "fft", decorrelate: bool | None = None,
               transforms: str | Sequence[Transform] | None = "standard", lr: float = 0.05, seed: int = 0,
               preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None, sd: float = 0.01,
-              decay_power: float = 1.0, model_size: Sequence[int] | None = None) -> FeatureVisualization:
+              decay_power: float = 1.0, model_size: Sequence[int] | None = None, *, data: Any = None,
+              train: bool = False, progress: bool | None = None) -> FeatureVisualization:
     """Optimise images to maximise ``objective`` (Adam on the image parameters; the model is untouched).
 
     Args:
-        hm: an :class:`interp_core.HookedModel` (a plain ``nn.Module`` is wrapped with the generic adapter).
+        hm: the model: a :class:`interp_core.HookedModel` or a plain ``nn.Module`` (wrapped with the adapter
+            the registry picks, :func:`interp_core.boundary.as_hooked`).
         objective: what to maximise, e.g. ``channel("layer1", 3)``.
         steps: optimisation steps.
         image_shape: ``(C, H, W)`` of the optimised image.
@@ -388,34 +437,37 @@ def visualize(hm: Any, objective: Objective, steps: int = 128, image_shape: Sequ
         lr: Adam learning rate (lucent's default 0.05).
         seed: seeds the initial image and the random transforms (results are deterministic).
         preprocess: maps the [0, 1] image to the model's input (e.g. :func:`normalizer`).
-        model_size: ``(H, W)`` the model needs (e.g. a ViT's fixed ``img_size``); transformed images are
-            resized to it. Default: no resizing (convolutional models take any size).
+        model_size: ``(H, W)`` the model needs; transformed images are resized to it. Default: the model's
+            fixed input size (:func:`fixed_input_size`, e.g. a timm ViT's ``img_size``), else no resizing.
+        data: model inputs (tensor, numpy, ``Dataset``, ``DataLoader``): the objective's maximum over them is
+            reported as ``dataset_max`` (with the warning when the unit never fires during optimisation).
+        train: run the model in train mode (dropout on; buffers restored); default eval mode.
+        progress: a progress bar over the steps (``None``: only on a terminal).
 
     Returns:
         :class:`FeatureVisualization`.
     """
-    from interp_core import HookedModel
-
     if not isinstance(objective, Objective):
-        raise InputTypeError(f"objective must be an Objective (channel(...), neuron(...), ...), got "
-                        f"{type(objective).__name__}")
-    if isinstance(hm, nn.Module):
-        hm = HookedModel(hm)
+        raise InputTypeError(f"objective: must be an Objective (channel(...), neuron(...), ...), got "
+                             f"{type(objective).__name__}")
+    hm = as_hooked(hm)
     if len(image_shape) != 3:
-        raise InputError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
+        raise InputError(f"image_shape: must be (C, H, W), got {tuple(image_shape)}")
     c, h, w = (int(v) for v in image_shape)
     if param not in ("fft", "pixel"):
-        raise InputError(f"param must be 'fft' or 'pixel', got {param!r}")
+        raise InputError(f"param: must be 'fft' or 'pixel', got {param!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise InputError(f"steps: must be a positive integer, got {steps!r}")
     decorrelate = (c == 3) if decorrelate is None else decorrelate
     if transforms == "standard":
         tfs: list[Transform] = standard_transforms(max(h, w))
     elif transforms is None:
         tfs = []
     elif isinstance(transforms, str):
-        raise InputError(f"transforms must be 'standard', None or a list of callables, got {transforms!r}")
+        raise InputError(f"transforms: must be 'standard', None or a list of callables, got {transforms!r}")
     else:
         tfs = list(transforms)
-    target = tuple(model_size) if model_size is not None else None
+    target = tuple(model_size) if model_size is not None else fixed_input_size(hm.model)
     prep = preprocess if preprocess is not None else (lambda x: x)
 
     gen = torch.Generator().manual_seed(seed)
@@ -429,31 +481,48 @@ def visualize(hm: Any, objective: Objective, steps: int = 128, image_shape: Sequ
         _, cache = hm.run_with_cache(prep(x), sites=list(objective.sites), grad=True)
         value = objective(cache)
         if value.shape != (x.shape[0],):
-            raise InputError(f"objective {objective.description} returned shape {tuple(value.shape)}, "
+            raise InputError(f"objective: {objective.description} returned shape {tuple(value.shape)}, "
                              f"expected one value per image ({x.shape[0]},)")
         return value
 
     history: list[float] = []
     device = hm.device
-    with hm.evaluating():
-        for _ in range(steps):
+    ever_moved = False
+    with hm.analysis(train=train):
+        for _ in tqdm(range(steps), desc="feature visualisation", unit="step",
+                      disable=None if progress is None else not progress):
             img = to_valid_image(render(), decorrelate).to(device)
             x = img
             for t in tfs:
                 x = t(x, gen)
             value = forward(x)
             loss = -value.sum()
-            grads = torch.autograd.grad(loss, params)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
             for p, g in zip(params, grads):
-                p.grad = g
+                p.grad = g if g is not None else torch.zeros_like(p)
+                ever_moved = ever_moved or bool(p.grad.abs().sum() > 0)
             opt.step()
             history.append(float(value.detach().mean()))
         with torch.no_grad():
             img = to_valid_image(render(), decorrelate).to(device)
         final = forward(img).detach()
+    best = dataset_max(hm, objective, data, progress=progress) if data is not None else None
+    if not ever_moved:
+        seen = (f"its maximum over the {_describe(data)} given is {best:.4g}" if best is not None else
+                "pass data= to see its maximum over a dataset")
+        warnings.warn(f"objective {objective.description}: the unit never fired during the {steps} steps (zero "
+                      f"gradient, objective {history[-1]:.4g} throughout), so the image is its initial noise; "
+                      f"{seen}. Try another unit, a pre-activation site, or param='pixel' with a larger sd",
+                      InterpWarning, stacklevel=2)
     config = {"steps": steps, "image_shape": [c, h, w], "batch": batch, "param": param,
               "decorrelate": decorrelate, "transforms": transforms if isinstance(transforms, str) or
               transforms is None else [getattr(t, "__qualname__", repr(t)) for t in tfs],
-              "lr": lr, "seed": seed, "sd": sd, "decay_power": decay_power}
+              "lr": lr, "seed": seed, "sd": sd, "decay_power": decay_power,
+              "model_size": list(target) if target is not None else None, "train": train}
     return FeatureVisualization(image=img.detach().cpu(), objective=objective.description, history=history,
-                                final_value=final.cpu(), config=config)
+                                final_value=final.cpu(), config=config, dead=not ever_moved, dataset_max=best)
+
+
+def _describe(data: Any) -> str:
+    n = len(data) if hasattr(data, "__len__") and not isinstance(data, torch.utils.data.DataLoader) else None
+    return f"{n} examples" if n is not None else "data"

@@ -7,12 +7,19 @@
 Weights: random initialisation by default; ``weights=PATH`` loads a local safetensors file or a torch
 checkpoint (read with ``torch.load(..., weights_only=True)``; a ``{"state_dict": ...}`` or ``{"model": ...}``
 wrapper is unwrapped); ``pretrained=True`` asks timm / torchvision for their published weights (network).
+Every problem with the file is the suite's error naming the file: missing or unreadable (:class:`StoreError`,
+an ``OSError``), not a state dict (:class:`StoreError`), or weights that do not fit the architecture
+(:class:`InputError`, listing the differing tensors and the constructor argument that would fit, e.g.
+``num_classes=10``).
+
+Adapters (:func:`claim`, the ``interp_suite.adapters`` entry point): timm ViT / DeiT / EVA -> ``vit``
+(:mod:`vision.vit`), timm Swin -> ``swin`` (:mod:`vision.swin`, channels-last and per-window axes), any other
+model with a 2-d convolution -> ``cnn`` (:mod:`vision.cnn`).
 """
 
 from __future__ import annotations
 
 import difflib
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +27,14 @@ import torch
 from torch import nn
 
 from interp_core import HookedModel
-from interp_core.errors import InputError, InputTypeError
+from interp_core.errors import InputError, InputTypeError, StoreError
 
 from .cnn import CNNAdapter, first_conv
+from .swin import SwinAdapter, is_swin
 from .vit import ViTAdapter, is_vit
 
 __all__ = ["load", "wrap", "claim", "adapter_for", "default_input_size", "build"]
 
-log = logging.getLogger(__name__)
 SOURCES = ("timm", "torchvision")
 
 
@@ -46,20 +53,23 @@ def default_input_size(model: nn.Module) -> tuple[int, int, int]:
     return int(c), int(h), int(w)
 
 
-def adapter_for(model: nn.Module, example_input: Any = None) -> ViTAdapter | CNNAdapter:
-    """The ViT adapter for timm's VisionTransformer family (and models built from timm's ``Block`` /
-    ``Attention``), the CNN adapter otherwise."""
+def adapter_for(model: nn.Module, example_input: Any = None) -> ViTAdapter | SwinAdapter | CNNAdapter:
+    """The ViT adapter for timm's VisionTransformer family and EVA (and models built from their blocks), the
+    Swin adapter for timm Swin Transformers, the CNN adapter otherwise."""
+    if is_swin(model):
+        return SwinAdapter(example_input)
     return ViTAdapter(example_input) if is_vit(model) else CNNAdapter(example_input)
 
 
-def claim(model: Any) -> ViTAdapter | CNNAdapter | None:
+def claim(model: Any) -> ViTAdapter | SwinAdapter | CNNAdapter | None:
     """The ``interp_suite.adapters`` entry point: the ViT adapter (priority 10) for timm's VisionTransformer
-    family, the CNN adapter (priority 5) for models with a 2-d convolution; ``None`` for anything else, which
-    then gets the generic adapter. ``HookedModel(model)`` and :func:`wrap` therefore give the same sites."""
+    family and EVA, the Swin adapter (priority 10) for timm Swin Transformers, the CNN adapter (priority 5) for
+    other models with a 2-d convolution; ``None`` for anything else, which then gets the generic adapter.
+    ``HookedModel(model)`` and :func:`wrap` therefore give the same sites."""
     if not isinstance(model, nn.Module):
         return None
-    if is_vit(model):
-        adapter: ViTAdapter | CNNAdapter = ViTAdapter()
+    if is_swin(model) or is_vit(model):
+        adapter: ViTAdapter | SwinAdapter | CNNAdapter = adapter_for(model)
         adapter.priority = 10
         return adapter
     if first_conv(model) is not None:
@@ -73,24 +83,16 @@ def wrap(model: nn.Module, example_input: Any = None) -> HookedModel:
     """``HookedModel(model, adapter=...)`` with the adapter chosen by :func:`adapter_for`.
 
     ``example_input`` (default: zeros at :func:`default_input_size`) is used for the one trace that
-    finds shapes and reused modules. The model is neither copied nor changed.
+    finds shapes and reused modules; when the guessed input does not fit the model, the first real input is
+    traced instead. The model is neither copied nor changed.
     """
     if isinstance(model, HookedModel):
         if example_input is None:
             example_input = model.adapter.example_input(model.model)
         model = model.model
     if not isinstance(model, nn.Module):
-        raise InputTypeError(f"vision.wrap takes an nn.Module, got {type(model).__name__}")
-    adapter = adapter_for(model, example_input)
-    if example_input is not None:
-        return HookedModel(model, adapter=adapter)
-    try:
-        return HookedModel(model, adapter=adapter)
-    except (RuntimeError, ValueError, TypeError) as e:
-        # the guessed input does not fit this model: trace on the first real input instead
-        log.info("default example input does not fit %s (%s); tracing on first use", type(model).__name__, e)
-        adapter.trace_lazily = True
-        return HookedModel(model, adapter=adapter)
+        raise InputTypeError(f"model: vision.wrap takes an nn.Module, got {type(model).__name__}")
+    return HookedModel(model, adapter=adapter_for(model, example_input))
 
 
 def _names(source: str) -> list[str]:
@@ -136,23 +138,100 @@ def build(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``; :class:`StoreError` naming the file when it cannot be one."""
+    where = f"weights file '{path}'"
     if not path.exists():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        raise StoreError(f"{where} does not exist; give the path of a .safetensors file or a torch checkpoint")
+    if path.is_dir():
+        raise StoreError(f"{where} is a directory; give the path of the weights file inside it")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise StoreError(f"{where} is not a readable safetensors file ({e}); re-save it with "
+                             f"safetensors.torch.save_file(model.state_dict(), path)") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types (UnpicklingError, RuntimeError, EOFError...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StoreError(f"{where} could not be read as a torch checkpoint ({type(e).__name__}: {first}); "
+                         f"save weights with torch.save(model.state_dict(), path) or as .safetensors") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError(f"{str(path)!r} does not hold a state dict (name -> tensor); save one with "
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        what = (f"a {type(obj).__name__}" if not isinstance(obj, dict) else
+                "an empty dict" if not obj else f"a dict with non-tensor entries ({_non_tensor_keys(obj)})")
+        raise StoreError(f"{where} holds {what}, not a state dict (name -> tensor); save one with "
                          f"torch.save(model.state_dict(), path) or safetensors.torch.save_file")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
+    if all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
+
+
+def _non_tensor_keys(d: dict) -> str:
+    keys = [repr(k) for k, v in d.items() if not isinstance(v, torch.Tensor)]
+    return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+
+def _mismatch_message(model: nn.Module, state: dict[str, torch.Tensor], weights: Path, name: str,
+                      kwargs: dict[str, Any]) -> str:
+    """What differs between ``state`` and the model's own state dict, and the constructor argument to fix it."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
+              if k in state and state[k].shape != own[k].shape]
+    parts = []
+    if shapes:
+        parts.append("shape mismatch: " + "; ".join(f"{k} is {a} in the file, {b} in the model"
+                                                    for k, a, b in shapes[:4]) + (" ..." if len(shapes) > 4 else ""))
+    if missing:
+        parts.append(f"{len(missing)} tensors missing from the file (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensors in the file (e.g. {', '.join(unexpected[:3])})")
+    hints = []
+    head = _classifier(model)
+    for k, a, b in shapes:
+        if head is not None and k.startswith(head + ".") and a[:1] != b[:1]:
+            hints.append(f"num_classes={a[0]}")
+            break
+    conv = first_conv(model)
+    if conv is not None:
+        for path, m in model.named_modules():
+            if m is conv:
+                key = f"{path}.weight"
+                if key in state and state[key].dim() == 4 and state[key].shape[1] != conv.in_channels:
+                    hints.append(f"in_chans={state[key].shape[1]}")
+                break
+    if any(k.endswith("pos_embed") for k, _, _ in shapes):
+        hints.append("the checkpoint's img_size= (and patch_size=)")
+    fix = (f"Pass {' and '.join(dict.fromkeys(hints))} to vision.load" if hints else
+           "Pass the constructor arguments (num_classes=, img_size=, in_chans=, ...) the weights were trained with")
+    used = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "default arguments"
+    return f"weights file '{weights}' does not fit {name} built with {used}: {'; '.join(parts)}. {fix}"
+
+
+def _classifier(model: nn.Module) -> str | None:
+    """Module path of the final classifier layer (the last Linear / 1x1 conv), if any."""
+    getter = getattr(model, "get_classifier", None)
+    if callable(getter):
+        try:
+            clf = getter()
+        except Exception:  # a model whose get_classifier needs arguments
+            clf = None
+        for path, m in model.named_modules():
+            if clf is not None and m is clf and path:
+                return path
+    last = None
+    for path, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = path
+    return last
 
 
 def load(name: str, weights: str | Path | None = None, pretrained: bool = False, example_input: Any = None,
@@ -161,22 +240,29 @@ def load(name: str, weights: str | Path | None = None, pretrained: bool = False,
 
     Args:
         name: ``"timm:NAME"`` or ``"torchvision:NAME"``; unknown names raise an error listing close names.
-        weights: a local ``.safetensors`` file or torch checkpoint with the model's state dict (strict).
+        weights: a local ``.safetensors`` file or torch checkpoint with the model's state dict (strict);
+            problems are reported with the file's name (module docstring).
         pretrained: download the library's published weights (``timm.create_model(pretrained=True)`` /
             torchvision ``weights="DEFAULT"``); needs network access.
         example_input: input for the shape trace (default: zeros at the model's input size).
         **kwargs: passed to the constructor (``img_size=32``, ``num_classes=10``, ``in_chans=1``, ...).
     """
     if weights is not None and pretrained:
-        raise InputError("give either weights=PATH or pretrained=True, not both")
-    model = build(name, pretrained=pretrained, **kwargs)
+        raise InputError("weights: give either weights=PATH or pretrained=True, not both")
+    path = None
     if weights is not None:
-        state = _read_state_dict(Path(weights))
+        if not isinstance(weights, (str, Path)):
+            raise InputTypeError(f"weights: expected a file path (str or Path), got {type(weights).__name__}")
+        path = Path(weights)
+        if not path.exists():  # before building the model: a typo should not cost a model construction
+            raise StoreError(f"weights file '{path}' does not exist; give the path of a .safetensors file or a "
+                             f"torch checkpoint")
+    model = build(name, pretrained=pretrained, **kwargs)
+    if path is not None:
+        state = _read_state_dict(path)
         try:
             model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise InputError(f"weights {str(weights)!r} do not fit {name} built with {kwargs or 'defaults'}: "
-                             f"{e}. Pass the same constructor arguments (num_classes=, img_size=, ...) the "
-                             f"weights were trained with") from e
+        except RuntimeError:
+            raise InputError(_mismatch_message(model, state, path, name, kwargs)) from None
     model.eval()
     return wrap(model, example_input=example_input)

@@ -217,3 +217,65 @@ def test_exemplars_of_the_shortcut_models_mark_unit_all_carry_the_planted_mark()
         b = res.boxes[0]
         overlaps = (b[:, 0] < top + h) & (b[:, 2] > top) & (b[:, 1] < left + w) & (b[:, 3] > left)
         assert overlaps.all()
+
+
+def test_data_forms_through_the_boundary_and_eval_mode(setup):
+    """numpy arrays, (x, y) pairs and DataLoaders of (x, y) give the same exemplars as the tensor; a model in
+    train mode (dropout) is analysed in eval mode and left in train mode."""
+    import numpy as np
+    from torch.utils.data import TensorDataset
+
+    from interp_core.results import Result
+
+    hm, x, act = setup
+    y = torch.arange(len(x)) % 4
+    ref = top_exemplars(hm, x, "conv2", k=4, progress=False)
+    assert isinstance(ref, Result)
+    for data in (x.numpy(), (x, y), DataLoader(TensorDataset(x, y), batch_size=10), TensorDataset(x, y)):
+        got = top_exemplars(hm, data, "conv2", k=4, progress=False)
+        assert torch.equal(got.indices, ref.indices) and torch.equal(got.cells, ref.cells)
+    net = nn.Sequential()
+    net.add_module("drop", nn.Dropout(0.9))
+    net.add_module("conv", nn.Conv2d(3, 2, 3))
+    net.train()
+    res = top_exemplars(net, x, "conv", k=3, progress=False)
+    assert net.training and net.drop.training
+    net.eval()
+    with torch.no_grad():
+        truth = net(x).flatten(2).amax(2).T
+    vals, idx = brute(truth, 3)
+    assert torch.equal(res.indices, idx)
+    torch.testing.assert_close(res.scores, vals)
+    with pytest.raises(ValueError, match="NaN"):
+        top_exemplars(net, torch.full((2, 3, 8, 8), float("nan")), "conv")
+    assert not np.isnan(res.scores.numpy()).any()
+
+
+def test_recurrent_agents_need_their_recorded_states():
+    """Before: every observation ran with a zero memory, giving activations the agent never had, silently."""
+    import rl.agents
+
+    class GRUPolicy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+            self.memory = nn.GRUCell(8, 6)
+            self.actor = nn.Linear(6, 2)
+
+    torch.manual_seed(0)
+    policy = GRUPolicy().eval()
+    agent = rl.agents.wrap(policy, obs_shape=(4,))
+    g = torch.Generator().manual_seed(0)
+    obs, h = torch.randn(12, 4, generator=g), torch.randn(12, 6, generator=g)
+    with pytest.raises(ValueError, match=r"recurrent.*zero memory.*rl\.collect"):
+        top_exemplars(agent, obs, "memory.h", k=3)
+    res = top_exemplars(agent, obs, "memory.h", k=3, states=(h,), batch_size=5, progress=False)
+    with torch.no_grad():
+        truth = policy.memory(policy.encoder(obs), h)  # [12, 6], each step with its own memory
+    vals, idx = brute(truth.T, 3)
+    assert torch.equal(res.indices, idx)
+    torch.testing.assert_close(res.scores, vals)
+    with pytest.raises(ValueError, match="states"):
+        top_exemplars(agent, obs, "memory.h", states=(h[:5],), batch_size=5)
+    with pytest.raises(ValueError, match="states"):
+        top_exemplars(small_cnn(), torch.randn(2, 3, 8, 8), "conv1", states=(h,))

@@ -202,3 +202,59 @@ def test_transforms_keep_or_change_size_as_documented():
     shifted = fv.shift(1)(x, g)  # a translation: some 30x30 window of the input reappears unchanged
     assert any(torch.equal(shifted[..., 1:-1, 1:-1], x[..., 1 + dy:31 + dy, 1 + dx:31 + dx])
                for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def test_a_unit_that_never_fires_is_reported_with_its_dataset_maximum():
+    """Before: a dead unit returned its initial noise with objective 0 and no warning."""
+    import numpy as np
+
+    from interp_core.errors import InterpWarning
+    from interp_core.results import Result
+
+    net = planted_net(CHECKER)
+    with torch.no_grad():
+        net.conv.bias[1] = -1000.0  # channel 1 is negative on every [0, 1] image: its ReLU never fires
+    data = torch.rand(40, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with pytest.warns(InterpWarning, match=r"never fired.*initial noise.*maximum over the 40 examples"):
+        res = fv.visualize(net, fv.channel("relu", 1), steps=6, image_shape=(1, 16, 16), data=data.numpy(),
+                           progress=False)
+    assert res.dead and res.history == [0.0] * 6 and isinstance(res, Result)
+    with torch.no_grad():
+        truth = float(net(data)[:, 1].mean((1, 2)).max())  # brute force over the data
+    assert res.dataset_max == pytest.approx(truth)
+    (_, render) = fv.fft_image((1, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(res.image, fv.to_valid_image(render(), False).detach())  # the initial noise
+    assert "dataset max" in res.plot()._suptitle.get_text()
+    # without data the warning says how to get the maximum; a live unit gives no warning
+    with pytest.warns(InterpWarning, match="pass data="):
+        fv.visualize(net, fv.channel("relu", 1), steps=2, image_shape=(1, 16, 16), progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InterpWarning)
+        live = fv.visualize(net, fv.channel("relu", 0), steps=3, image_shape=(1, 16, 16), data=data,
+                            progress=False)
+    with torch.no_grad():
+        assert not live.dead and live.dataset_max == pytest.approx(float(net(data)[:, 0].mean((1, 2)).max()))
+    np.testing.assert_allclose(live.to_dict()["dataset_max"], live.dataset_max)
+
+
+def test_default_transforms_scale_to_the_input_and_fixed_size_models_get_their_size():
+    """Before: the standard transforms grew the canvas (pad + jitter), which a fixed-size ViT rejects."""
+    import timm
+
+    assert [t.__qualname__.split(".")[0] for t in fv.standard_transforms(8)] == ["shift"]
+    g = torch.Generator().manual_seed(0)
+    for size in (8, 16, 24):
+        x = torch.rand(1, 1, size, size)
+        tfs = fv.standard_transforms(size)
+        assert all(t(x, g).shape == x.shape for t in tfs)  # size preserved below 32 px
+    with pytest.raises(ValueError, match="image_size"):
+        fv.standard_transforms(0)
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3).eval()
+    assert fv.fixed_input_size(vit) == (32, 32)
+    res = fv.visualize(vit, fv.channel("logits", 1), steps=3, image_shape=(3, 32, 32), progress=False)
+    assert res.config["model_size"] == [32, 32] and res.image.shape == (1, 3, 32, 32)
+    assert fv.fixed_input_size(planted_net(CHECKER)) is None
+

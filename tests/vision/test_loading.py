@@ -10,6 +10,7 @@ from torch import nn
 
 import vision
 from interp_core import HookedModel
+from interp_core.errors import InputError, StoreError
 from interp_core.interventions import Ablate, Patch
 
 # (name, constructor kwargs, input size): random init, small inputs so the sweep stays fast
@@ -150,8 +151,68 @@ def test_random_init_and_local_weights(tmp_path):
             torch.testing.assert_close(c(x), a(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="num_classes"):
         vision.load("torchvision:resnet18", weights=tmp_path / "w.pt", example_input=torch.zeros(1, 3, 32, 32))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(StoreError, match="missing.pt"):
         vision.load("torchvision:resnet18", weights=tmp_path / "missing.pt")
+
+
+def test_bad_weights_files_are_named_with_what_is_wrong(tmp_path):
+    """Before: a missing or unreadable file gave a raw FileNotFoundError / UnpicklingError / safetensors error
+    (no file name from the suite, a traceback in ``interp sites --weights``)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    ref = vision.loading.build("timm:resnet18", num_classes=5)
+    # a checkpoint saved for 5 classes, loaded into the default 1000-class model: suggest num_classes=5
+    torch.save(ref.state_dict(), tmp_path / "five.pt")
+    with pytest.raises(InputError, match=r"num_classes=5") as e:
+        vision.load("timm:resnet18", weights=tmp_path / "five.pt")
+    assert "five.pt" in str(e.value) and "fc.weight is (5, 512) in the file, (1000, 512) in the model" in str(e.value)
+    # a greyscale checkpoint into an RGB model: suggest in_chans=1
+    grey = vision.loading.build("timm:resnet18", num_classes=5, in_chans=1)
+    save_file({k: v.contiguous() for k, v in grey.state_dict().items()}, str(tmp_path / "grey.safetensors"))
+    with pytest.raises(InputError, match=r"in_chans=1"):
+        vision.load("timm:resnet18", weights=tmp_path / "grey.safetensors", num_classes=5)
+    # a file that is not a checkpoint at all
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(StoreError, match=r"notes\.pt.*could not be read as a torch checkpoint"):
+        vision.load("timm:resnet18", weights=tmp_path / "notes.pt")
+    (tmp_path / "broken.safetensors").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(StoreError, match=r"broken\.safetensors.*not a readable safetensors file"):
+        vision.load("timm:resnet18", weights=tmp_path / "broken.safetensors")
+    # a torch file that holds something else than a state dict
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(StoreError, match=r"list\.pt.*holds a list, not a state dict"):
+        vision.load("timm:resnet18", weights=tmp_path / "list.pt")
+    torch.save({"epoch": 3, "fc.weight": torch.zeros(2)}, tmp_path / "mixed.pt")
+    with pytest.raises(StoreError, match=r"mixed\.pt.*non-tensor entries \('epoch'\)"):
+        vision.load("timm:resnet18", weights=tmp_path / "mixed.pt")
+    with pytest.raises(StoreError, match="is a directory"):
+        vision.load("timm:resnet18", weights=tmp_path)
+    # all of them are the suite's errors (InterpError), which the CLI reports without a traceback
+    from interp_core.errors import InterpError
+
+    with pytest.raises(InterpError):
+        vision.load("timm:resnet18", weights=tmp_path / "nothing-here.safetensors")
+
+
+@pytest.mark.parametrize("make", ["vit", "cnn", "torchvision"])
+def test_hooked_model_and_vision_wrap_give_the_same_sites(make):
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    model = {"vit": lambda: timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=3),
+             "cnn": lambda: timm.create_model("resnet18", num_classes=3),
+             "torchvision": lambda: torchvision.models.resnet18(num_classes=3)}[make]().eval()
+    x = torch.randn(2, 3, 32, 32)
+    a, b = HookedModel(model, example_input=x[:1]), vision.wrap(model, example_input=x[:1])
+    assert a.adapter.name == b.adapter.name == ("vit" if make == "vit" else "cnn")
+    assert a.sites.names == b.sites.names and a.default_sites == b.default_sites
+    assert [a.sites[n].axes for n in a.sites.names] == [b.sites[n].axes for n in b.sites.names]
+    out_a, ca = a.run_with_cache(x, sites=a.default_sites)
+    out_b, cb = b.run_with_cache(x, sites=b.default_sites)
+    for n in a.default_sites:
+        torch.testing.assert_close(ca[n], cb[n], rtol=0, atol=0)
 
 
 def test_unknown_names_list_close_names():
@@ -191,6 +252,6 @@ def test_wrap_picks_adapter_and_example_input():
     assert vision.wrap(m).adapter.example_input(m).shape == (1, 1, 224, 224)
     assert vision.wrap(hm).model is hm.model  # wrapping a hooked model wraps its module (same example input)
     # a model the guessed (3, 224, 224) input does not fit is traced on its first real input instead
-    lazy = vision.wrap(TinyTokens())
+    lazy = vision.wrap(TinyTokens().eval())
     out, cache = lazy.run_with_cache(torch.randn(2, 5, 16), sites=["blocks.0.attn.pattern"])
     assert cache["blocks.0.attn.pattern"].shape == (2, 2, 5, 5)

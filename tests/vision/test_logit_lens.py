@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vision
-from vision.logit_lens import LogitLensResult, decode
+from vision.lens import LogitLensResult, decode
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"global_pool": "avg"}, {"init_values": 0.1}],
@@ -76,3 +76,54 @@ def test_result_plot_and_save(tmp_path):
     assert np.allclose(d["kl_to_final"], res.kl_to_final) and d["config"]["pool"] == "auto"
     with pytest.raises(ValueError, match="token residuals"):
         vision.logit_lens(hm, torch.randn(2, 3, 32, 32), sites=["blocks.0.attn.z"])
+
+
+def test_logit_lens_is_a_function_and_the_module_is_plain():
+    """Before: ``vision.logit_lens`` was the submodule with its class swapped to make it callable."""
+    import inspect
+    import types
+
+    import vision.lens
+
+    assert inspect.isfunction(vision.logit_lens) and not isinstance(vision.logit_lens, types.ModuleType)
+    assert type(vision.lens) is types.ModuleType and inspect.isfunction(vision.lens.logit_lens)
+    assert vision.logit_lens.__module__ == "vision"  # importing vision.lens does not shadow the function
+
+
+def test_lens_takes_models_and_data_through_the_boundary():
+    """A plain timm model (the ViT adapter via the registry), numpy inputs, an (x, y) pair and a DataLoader of
+    (x, y) all give the same numbers; the model's train flag is restored (the lens runs in eval mode)."""
+    import timm
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, depth=2, num_classes=3, drop_rate=0.5)
+    vit.train()
+    x = torch.randn(5, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    a = vision.logit_lens(vit, (x, y), keep_logits=True, progress=False)
+    b = vision.logit_lens(vit, x.numpy(), labels=y.numpy(), keep_logits=True, progress=False)
+    c = vision.logit_lens(vit, DataLoader(TensorDataset(x, y), batch_size=2), keep_logits=True, progress=False)
+    assert vit.training and all(m.training for m in vit.modules())
+    vit.eval()
+    with torch.no_grad():
+        logits = vit(x)
+    for r in (a, b, c):
+        torch.testing.assert_close(r.logits[-1], logits, rtol=1e-5, atol=1e-5)  # eval mode: dropout off
+        np.testing.assert_allclose(r.accuracy, a.accuracy)
+        assert r.final_accuracy == pytest.approx(float((logits.argmax(1) == y).double().mean()))
+
+
+def test_lens_refuses_models_without_token_residuals():
+    import torchvision
+
+    from interp_core.errors import InputError, SiteError
+
+    with pytest.raises(SiteError, match="resid_post"):
+        vision.logit_lens(torchvision.models.resnet18(num_classes=3), torch.randn(2, 3, 32, 32))
+    torch.manual_seed(0)
+    hm = vision.load("timm:vit_tiny_patch16_224", img_size=32, depth=1, num_classes=3)
+    with pytest.raises(InputError, match="pool"):
+        vision.logit_lens(hm, torch.randn(2, 3, 32, 32), pool="max")
+    with pytest.raises(InputError, match="NaN"):
+        vision.logit_lens(hm, torch.full((2, 3, 32, 32), float("nan")))

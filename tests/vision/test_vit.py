@@ -4,6 +4,8 @@ Truths: the fused forward (timm's own), closed forms of attention (softmax(q k^T
 projection split per head), the residual decomposition, and plain torch on timm's own submodules.
 """
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -218,3 +220,171 @@ def test_core_patch_sweep_over_heads_matches_manual_patches():
     manual = torch.stack([metric(hm.run_with_interventions(corrupted, {"blocks.1.attn.z": Patch(src, heads=[h])}))
                           .mean() for h in range(4)])
     torch.testing.assert_close(res.metric_values["blocks.1.attn.z"], manual, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ forward overrides (one mechanism)
+def test_instrumentation_is_one_stackable_forward_override(vit, x):
+    """Head sites override attention's forward through interp_core.forwards: one override however many sites
+    are attached, stacked with other overrides and removable in any order (before: the adapter assigned
+    ``forward`` itself, so removing it first dropped an override added later and left its own forward behind)."""
+    from interp_core.forwards import active_overrides, replace_forward
+
+    attn = vit.model.blocks[1].attn
+    snap = _snapshot(vit.model)
+    with torch.no_grad():
+        fused = vit(x)
+    seen = {}
+    stack = contextlib.ExitStack()
+    stack.enter_context(vit.hooks({"blocks.1.attn.z": lambda a: seen.update(z=a.clone()),
+                                   "blocks.1.attn.q": lambda a: None}))
+    assert active_overrides(attn) == 1
+    calls = []
+
+    def counting(module, inner):
+        def forward(*args, **kwargs):
+            calls.append(1)
+            return inner(*args, **kwargs)
+        return forward
+
+    outer = replace_forward(attn, counting)  # added after the instrumentation: wraps it
+    assert active_overrides(attn) == 2
+    with torch.no_grad():
+        out = vit(x)
+    assert calls and "z" in seen and (out - fused).abs().max() < 1e-5
+    stack.close()  # the instrumentation goes first, the outer override stays and still runs
+    assert active_overrides(attn) == 1
+    calls.clear()
+    with torch.no_grad():
+        assert (vit(x) - fused).abs().max() < 1e-5
+    assert calls
+    outer.remove()
+    assert active_overrides(attn) == 0 and "forward" not in attn.__dict__
+    assert _same_model(vit.model, snap)
+    # per-head values with another override underneath equal the fused forward's closed form
+    inner_handle = replace_forward(attn, counting)
+    try:
+        out, c = vit.run_with_cache(x, sites=["blocks.1.attn.z"])
+        assert (out - fused).abs().max() < 1e-5
+    finally:
+        inner_handle.remove()
+    assert _same_model(vit.model, snap)
+
+
+def test_attn_drop_site_runs_when_cached_alone(vit, x):
+    """Before: 'blocks.1.attn.attn_drop' was listed but fused attention skips the module, so caching it alone
+    raised 'did not run in this forward'. Now it is the pattern after dropout (= the pattern in eval mode)."""
+    site = vit.sites["blocks.1.attn.attn_drop"]
+    assert site.axes == ("batch", "head", "pos", "pos") and site.shape == (3, 5, 5)
+    _, c = vit.run_with_cache(x, sites=["blocks.1.attn.attn_drop"])
+    _, ref = vit.run_with_cache(x, sites=["blocks.1.attn.q", "blocks.1.attn.k"])
+    q, k = ref["blocks.1.attn.q"].transpose(1, 2), ref["blocks.1.attn.k"].transpose(1, 2)
+    want = torch.softmax(q @ k.transpose(-1, -2) / 64 ** 0.5, -1)
+    torch.testing.assert_close(c["blocks.1.attn.attn_drop"], want, rtol=1e-5, atol=1e-6)
+    # every listed module site of a plain ViT runs when cached alone
+    for name in [n for n in vit.sites.names if n.startswith("blocks.0.")]:
+        _, c = vit.run_with_cache(x[:1], sites=[name])
+        assert name in c
+
+
+# ------------------------------------------------------------------------------------------------- EVA02
+@pytest.fixture(scope="module")
+def eva():
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("eva02_tiny_patch14_224", img_size=28, depth=3, num_classes=5,
+                             init_values=0.5).eval()
+
+
+def test_eva_gets_block_residual_sites_with_token_axes(eva):
+    """Before: EVA02 went to the CNN adapter, whose default sites skipped the blocks."""
+    from interp_core import HookedModel
+
+    hm = HookedModel(eva)
+    assert hm.adapter.name == "vit" and hm.sites.names == vision.wrap(eva).sites.names
+    assert hm.default_sites == ["embed", "blocks.0.resid_post", "blocks.1.resid_post", "blocks.2.resid_post",
+                                "final_norm", "logits"]
+    for name in ("blocks.1.resid_pre", "blocks.1.resid_mid", "blocks.1.resid_post", "blocks.1.attn.out",
+                 "blocks.1.mlp.out"):
+        assert hm.sites[name].axes == ("batch", "pos", "feature")
+        assert hm.sites[name].shape == (5, 192)  # CLS + 2x2 patches of 14 px
+        assert hm.sites[name].pos_names == {"cls": 0}
+    assert "blocks.1.mlp.hidden" not in hm.sites  # SwiGLU: no single hidden activation
+    x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(2))
+    sites = [f"blocks.{i}.{n}" for i in range(3)
+             for n in ("resid_pre", "resid_mid", "resid_post", "attn.out", "mlp.out")]
+    out, c = hm.run_with_cache(x, sites=sites + ["embed", "final_norm"])
+    # truth: plain torch hooks on the blocks (input and output)
+    seen = {}
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: seen.update({(i, "in"): a[0].detach(),
+                                                                          (i, "out"): o.detach()}))
+               for i, b in enumerate(eva.blocks)]
+    with torch.no_grad():
+        plain = eva(x)
+    for h in handles:
+        h.remove()
+    torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    torch.testing.assert_close(c["embed"], seen[(0, "in")], rtol=0, atol=0)
+    for i in range(3):
+        b = f"blocks.{i}"
+        torch.testing.assert_close(c[f"{b}.resid_pre"], seen[(i, "in")], rtol=0, atol=0)
+        torch.testing.assert_close(c[f"{b}.resid_post"], seen[(i, "out")], rtol=0, atol=0)
+        torch.testing.assert_close(c[f"{b}.resid_mid"], c[f"{b}.resid_pre"] + c[f"{b}.attn.out"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(c[f"{b}.resid_post"], c[f"{b}.resid_mid"] + c[f"{b}.mlp.out"], rtol=0, atol=1e-6)
+    # a write at resid_mid reaches the MLP branch: zeroed, the block's output is the MLP of zeros
+    _, z = hm.run_with_cache(x, sites=["blocks.2.resid_post"], interventions={"blocks.2.resid_mid": Ablate("zero")})
+    blk = eva.blocks[2]
+    with torch.no_grad():
+        want = blk.gamma_2 * blk.mlp(blk.norm2(torch.zeros(2, 5, 192)))
+    torch.testing.assert_close(z["blocks.2.resid_post"], want, rtol=1e-6, atol=1e-6)
+    assert all("forward" not in m.__dict__ for m in eva.modules())
+    # the logit lens of the last block is the model's output
+    res = vision.logit_lens(hm, x, keep_logits=True)
+    torch.testing.assert_close(res.logits[-1], plain, rtol=1e-5, atol=1e-5)
+    # patching the last residual (EVA02 pools the patch tokens) carries the source's prediction
+    x2 = torch.flip(x, dims=[0])
+    out2, src = hm.run_with_cache(x2, sites=["blocks.2.resid_post"])
+    patched = hm.run_with_interventions(x, {"blocks.2.resid_post": Patch(src)})
+    torch.testing.assert_close(patched, out2, rtol=1e-5, atol=1e-5)
+
+
+def test_eva_per_head_sites_match_the_fused_forward_and_closed_forms(eva):
+    """EvaAttention (rotary embeddings, fused SDPA) instrumented: the same output within 1e-5, pattern =
+    softmax(q k^T / sqrt(F)) on the rotated q and k, z = pattern v, and attn.out rebuilt from z."""
+    from interp_core import HookedModel
+
+    hm = HookedModel(eva)
+    assert hm.sites["blocks.1.attn.z"].axes == ("batch", "pos", "head", "feature")
+    assert hm.sites["blocks.1.attn.z"].shape == (5, 3, 64)
+    assert hm.sites["blocks.1.attn.pattern"].shape == (3, 5, 5)
+    assert eva.blocks[1].attn.fused_attn
+    x = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fused = eva(x)
+    names = [f"blocks.1.attn.{k}" for k in ("q", "k", "v", "pattern", "attn_drop", "z")] + ["blocks.1.attn.out"]
+    out, c = hm.run_with_cache(x, sites=names)
+    assert (out - fused).abs().max() < 1e-5
+    assert all("forward" not in m.__dict__ for m in eva.modules())
+    q, k, v = (c[f"blocks.1.attn.{n}"].transpose(1, 2) for n in "qkv")
+    pattern = torch.softmax(q @ k.transpose(-1, -2) / 64 ** 0.5, -1)
+    torch.testing.assert_close(c["blocks.1.attn.pattern"], pattern, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c["blocks.1.attn.attn_drop"], pattern, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c["blocks.1.attn.z"], (pattern @ v).transpose(1, 2), rtol=1e-5, atol=1e-6)
+    blk = eva.blocks[1]
+    with torch.no_grad():
+        rebuilt = blk.gamma_1 * blk.attn.proj(blk.attn.norm(c["blocks.1.attn.z"].reshape(2, 5, 192)))
+    torch.testing.assert_close(c["blocks.1.attn.out"], rebuilt, rtol=1e-5, atol=1e-5)
+    # the rotary embedding rotates patch tokens, not the CLS token: q of CLS is the plain projection
+    with torch.no_grad():
+        _, r = hm.run_with_cache(x, sites=["blocks.1.resid_pre"])
+        qkv = blk.attn.qkv(blk.norm1(r["blocks.1.resid_pre"]))
+        if blk.attn.q_bias is not None:
+            qkv = qkv + torch.cat((blk.attn.q_bias, blk.attn.k_bias, blk.attn.v_bias))
+        plain_q = blk.attn.q_norm(qkv.reshape(2, 5, 3, 3, 64)[:, :, 0].transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(c["blocks.1.attn.q"][:, 0], plain_q[:, 0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(c["blocks.1.attn.q"][:, 1:], plain_q[:, 1:], atol=1e-3)
+    # a write: uniform attention makes z the mean of v over tokens
+    _, w = hm.run_with_cache(x, sites=["blocks.1.attn.v", "blocks.1.attn.z"],
+                             interventions={"blocks.1.attn.pattern": Replace(lambda a: torch.full_like(a, 0.2))})
+    torch.testing.assert_close(w["blocks.1.attn.z"], w["blocks.1.attn.v"].mean(1, keepdim=True).expand(-1, 5, -1, -1),
+                               rtol=1e-5, atol=1e-6)

@@ -16,12 +16,15 @@ Per layer the result reports, over a dataset:
 
 ``pool``: ``"auto"`` (the model's own pooling, ``global_pool``: CLS token or mean over patch tokens),
 ``"cls"`` (decode the CLS token with ``norm``, ``fc_norm`` and ``head``), ``"mean"`` (mean over patch tokens).
+
+The model enters through :func:`interp_core.boundary.as_hooked` (a plain timm ViT gets the ViT adapter), the
+data through :func:`interp_core.boundary.iter_batches` (a tensor or numpy array ``[N, C, H, W]``, an
+``(images, labels)`` pair, a ``Dataset`` or a ``DataLoader`` of ``(x, y)``), and the forwards run in eval mode
+(``hm.analysis()``). ``vision.logit_lens(model, data)`` is this module's :func:`logit_lens`.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from interp_core import HookedModel
-from interp_core.errors import InputError
+from interp_core.boundary import as_hooked, iter_batches
+from interp_core.errors import InputError, SiteError
 from interp_core.results import Result
 
 __all__ = ["LogitLensResult", "logit_lens", "decode"]
@@ -96,22 +100,23 @@ class LogitLensResult(Result):
 def decode(model: nn.Module, resid: torch.Tensor, pool: str = "auto") -> torch.Tensor:
     """Lens logits ``[batch, classes]`` of a residual ``[batch, pos, D]`` (see the module docstring)."""
     if resid.dim() != 3:
-        raise InputError(f"the logit lens decodes token residuals [batch, pos, D], got shape {tuple(resid.shape)}")
+        raise InputError(f"resid: the logit lens decodes token residuals [batch, pos, D], got shape "
+                         f"{tuple(resid.shape)}")
     norm = getattr(model, "norm", None)
     x = norm(resid) if isinstance(norm, nn.Module) else resid
     if pool == "auto":
         if not hasattr(model, "forward_head"):
-            raise InputError(f"{type(model).__name__} has no forward_head; pass pool='cls' or 'mean'")
+            raise InputError(f"pool: {type(model).__name__} has no forward_head; pass pool='cls' or 'mean'")
         return model.forward_head(x)
     n_prefix = int(getattr(model, "num_prefix_tokens", 1 if getattr(model, "cls_token", None) is not None else 0))
     if pool == "cls":
         if getattr(model, "cls_token", None) is None:
-            raise InputError("pool='cls' needs a CLS token; this model has none (use pool='mean' or 'auto')")
+            raise InputError("pool: 'cls' needs a CLS token; this model has none (use pool='mean' or 'auto')")
         pooled = x[:, 0]
     elif pool == "mean":
         pooled = x[:, n_prefix:].mean(dim=1)
     else:
-        raise InputError(f"pool must be 'auto', 'cls' or 'mean', got {pool!r}")
+        raise InputError(f"pool: must be 'auto', 'cls' or 'mean', got {pool!r}")
     for name in ("fc_norm", "head_drop"):
         m = getattr(model, name, None)
         if isinstance(m, nn.Module):
@@ -119,65 +124,54 @@ def decode(model: nn.Module, resid: torch.Tensor, pool: str = "auto") -> torch.T
     return model.head(pooled)
 
 
-def _batches(data: Any, batch_size: int) -> Any:
-    """Yield ``(X, y or None)`` batches from a tensor, an ``(X, y)`` pair, a dataset or a loader."""
-    if isinstance(data, torch.Tensor):
-        for i in range(0, len(data), batch_size):
-            yield data[i:i + batch_size], None
-        return
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        X, y = data
-        y = torch.as_tensor(y)
-        for i in range(0, len(X), batch_size):
-            yield X[i:i + batch_size], y[i:i + batch_size]
-        return
-    if hasattr(data, "tensors") and callable(data.tensors):  # vision.data datasets
-        yield from _batches(tuple(data.tensors()), batch_size)
-        return
-    if isinstance(data, torch.utils.data.Dataset):
-        data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    for item in data:
-        if isinstance(item, torch.Tensor):
-            yield item, None
-        else:
-            yield item[0], torch.as_tensor(item[1])
-
-
-def logit_lens(hm: HookedModel | nn.Module, data: Any, sites: Sequence[str] | None = None, pool: str = "auto",
-               batch_size: int = 128, keep_logits: bool = False) -> LogitLensResult:
+def logit_lens(model: Any, data: Any, sites: Sequence[str] | None = None, pool: str = "auto",
+               batch_size: int | None = None, keep_logits: bool = False, *, labels: Any = None,
+               progress: bool | None = None) -> LogitLensResult:
     """Decode every layer's residual through the final norm and head; per-layer accuracy, agreement, KL.
 
     Args:
-        hm: a ViT wrapped by :func:`vision.wrap` (an ``nn.Module`` is wrapped).
-        data: images ``[N, C, H, W]``, an ``(images, labels)`` pair, a dataset or a ``DataLoader``.
-        sites: token sites to decode (default ``embed`` and every ``blocks.{i}.resid_post``).
+        model: a ViT (``HookedModel``, or a timm ``VisionTransformer`` / EVA, wrapped with the ViT adapter).
+        data: images ``[N, C, H, W]`` (tensor or numpy), an ``(images, labels)`` pair, a ``Dataset`` or a
+            ``DataLoader`` (items ``x`` or ``(x, y)``).
+        sites: token sites ``[batch, pos, D]`` to decode (default ``embed`` and every ``blocks.{i}.resid_post``).
         pool: ``"auto"`` | ``"cls"`` | ``"mean"`` (see the module docstring).
-        batch_size: images per forward.
+        batch_size: images per forward (default: from the activation sizes).
         keep_logits: also return the lens logits ``[L, N, classes]``.
+        labels: ``[N]`` labels when ``data`` carries none (accuracy is ``None`` without labels).
+        progress: a progress bar over batches (``None``: only on a terminal).
     """
-    if not isinstance(hm, HookedModel):
-        from .loading import wrap
-
-        hm = wrap(hm)
-    model = hm.model
+    hm = as_hooked(model)
+    if pool not in ("auto", "cls", "mean"):
+        raise InputError(f"pool: must be 'auto', 'cls' or 'mean', got {pool!r}")
     if sites is None:
-        sites = [s for s in ["embed"] + hm.sites.matching("blocks.*.resid_post") if s in hm.sites]
+        resid = [n for n in hm.sites.names if n.startswith("blocks.") and n.endswith(".resid_post")]
+        if not resid:
+            raise SiteError(f"model: the logit lens needs a transformer's residual sites 'blocks.{{i}}.resid_post'; "
+                            f"this {type(hm.model).__name__} (adapter {hm.adapter.name!r}) has none. Pass a timm "
+                            f"ViT / EVA, or name token sites with sites=[...]")
+        sites = (["embed"] if "embed" in hm.sites else []) + resid
     sites = list(sites)
+    if not sites:
+        raise InputError("sites: empty; name at least one token site such as 'blocks.0.resid_post'")
     for s in sites:
         site = hm.sites[s]
         if site.axes is not None and site.axes != ("batch", "pos", "feature"):
-            raise InputError(f"site '{s}' has axes {site.axes}; the logit lens decodes token residuals "
+            raise InputError(f"sites: site '{s}' has axes {site.axes}; the logit lens decodes token residuals "
                              f"(batch, pos, feature) such as 'blocks.3.resid_post'")
+    net = hm.model
+    if not isinstance(getattr(net, "head", None), nn.Module):
+        raise InputError(f"model: {type(net).__name__} has no classifier 'head' to decode through; the logit "
+                         f"lens needs a timm ViT-style model (norm, forward_head, head)")
     lens_parts: list[list[torch.Tensor]] = [[] for _ in sites]
-    finals, labels = [], []
-    with hm.evaluating(), torch.no_grad():
-        for X, y in _batches(data, batch_size):
-            out, cache = hm.run_with_cache(X, sites=sites)
-            finals.append(out.float())
-            if y is not None:
-                labels.append(y)
+    finals, ys = [], []
+    batches = iter_batches(data, labels, model=hm, batch_size=batch_size, sites=sites)
+    with hm.analysis(), torch.no_grad():
+        for batch in tqdm(batches, desc="logit lens", unit="batch", disable=None if progress is None else not progress):
+            out, cache = hm.run_with_cache(batch.inputs, sites=sites)
+            finals.append(out.float().cpu())
+            ys.append(batch.labels)
             for k, s in enumerate(sites):
-                lens_parts[k].append(decode(model, cache[s], pool).float())
+                lens_parts[k].append(decode(net, cache[s], pool).float().cpu())
     final = torch.cat(finals)
     lens = torch.stack([torch.cat(p) for p in lens_parts])  # [L, N, C]
     logp_final = final.log_softmax(-1)
@@ -186,20 +180,10 @@ def logit_lens(hm: HookedModel | nn.Module, data: Any, sites: Sequence[str] | No
     pred_final = final.argmax(-1)
     pred_lens = lens.argmax(-1)
     agreement = (pred_lens == pred_final).double().mean(-1)
-    y_all = torch.cat(labels) if labels and len(torch.cat(labels)) == len(final) else None
+    y_all = torch.cat(ys).long() if all(y is not None for y in ys) else None
     acc = (pred_lens == y_all).double().mean(-1).numpy() if y_all is not None else None
     final_acc = float((pred_final == y_all).double().mean()) if y_all is not None else None
     return LogitLensResult(sites=sites, accuracy=acc, agreement=agreement.numpy(), kl_to_final=kl.numpy(),
                            final_accuracy=final_acc, n=len(final),
-                           config={"pool": pool, "batch_size": batch_size, "model": type(model).__name__},
+                           config={"pool": pool, "batch_size": batch_size, "model": type(net).__name__},
                            logits=lens if keep_logits else None)
-
-
-class _CallableModule(types.ModuleType):
-    """``vision.logit_lens(hm, data)`` calls :func:`logit_lens` although ``vision.logit_lens`` is this module."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> LogitLensResult:
-        return logit_lens(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
