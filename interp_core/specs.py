@@ -78,7 +78,7 @@ def read_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, A
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e) and "Weights only" not in str(e):
+        if "Unsupported global" not in str(e) and "GLOBAL" not in str(e):  # not objects: not a checkpoint at all
             raise StoreError(f"{where} could not be read as a torch checkpoint (UnpicklingError: "
                              f"{_first_line(e)}); save weights with torch.save(model.state_dict(), path)") from None
         if not trust_pickle:
@@ -97,7 +97,8 @@ def read_state_dict(path: str | Path, trust_pickle: bool = False) -> dict[str, A
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        odd = ", ".join(str(k) for k, v in obj.items() if not torch.is_tensor(v))[:80] if isinstance(obj, dict) else ""
+        odd = [repr(k) for k, v in obj.items() if not torch.is_tensor(v)] if isinstance(obj, dict) else []
+        odd = ", ".join(odd[:3]) + (", ..." if len(odd) > 3 else "")
         what = (f"a {type(obj).__name__}" if not isinstance(obj, dict) else "an empty dict" if not obj else
                 f"a dict with non-tensor entries ({odd})")
         raise StoreError(f"{where} holds {what}, not a state dict (name -> tensor); save one with "
@@ -140,11 +141,8 @@ def load_model(spec: str, weights: str | None = None, model_kwargs: dict[str, An
                          + ", ".join(f"'{p}:...'" for p in MODEL_PREFIXES)
                          + (f" (did you mean '{close[0]}:{rest}'?)" if close and sep else ""))
     if prefix in ("timm", "torchvision"):
-        vision = importlib.import_module("vision")
-        model = vision.loading.build(spec, **kwargs)
-        if weights is not None:
-            load_state(model, weights, trust_pickle)
-        return vision.wrap(model.eval())
+        return importlib.import_module("vision").loading.load(spec, weights=weights, trust_pickle=trust_pickle,
+                                                              **kwargs)
     if weights is not None:
         raise InputError(f"weights: --weights applies to timm:, torchvision: and py: models; {prefix}: models "
                          f"bring their own")

@@ -28,6 +28,7 @@ from torch import nn
 
 from interp_core import HookedModel
 from interp_core.errors import InputError, InputTypeError, StoreError
+from interp_core.specs import read_state_dict
 
 from .cnn import CNNAdapter, first_conv
 from .swin import SwinAdapter, is_swin
@@ -137,47 +138,6 @@ def build(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     return torchvision.models.get_model(arch, **kwargs)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict in ``path``; :class:`StoreError` naming the file when it cannot be one."""
-    where = f"weights file '{path}'"
-    if not path.exists():
-        raise StoreError(f"{where} does not exist; give the path of a .safetensors file or a torch checkpoint")
-    if path.is_dir():
-        raise StoreError(f"{where} is a directory; give the path of the weights file inside it")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise StoreError(f"{where} is not a readable safetensors file ({e}); re-save it with "
-                             f"safetensors.torch.save_file(model.state_dict(), path)") from None
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types (UnpicklingError, RuntimeError, EOFError...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StoreError(f"{where} could not be read as a torch checkpoint ({type(e).__name__}: {first}); "
-                         f"save weights with torch.save(model.state_dict(), path) or as .safetensors") from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        what = (f"a {type(obj).__name__}" if not isinstance(obj, dict) else
-                "an empty dict" if not obj else f"a dict with non-tensor entries ({_non_tensor_keys(obj)})")
-        raise StoreError(f"{where} holds {what}, not a state dict (name -> tensor); save one with "
-                         f"torch.save(model.state_dict(), path) or safetensors.torch.save_file")
-    if all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def _non_tensor_keys(d: dict) -> str:
-    keys = [repr(k) for k, v in d.items() if not isinstance(v, torch.Tensor)]
-    return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
-
-
 def _mismatch_message(model: nn.Module, state: dict[str, torch.Tensor], weights: Path, name: str,
                       kwargs: dict[str, Any]) -> str:
     """What differs between ``state`` and the model's own state dict, and the constructor argument to fix it."""
@@ -235,7 +195,7 @@ def _classifier(model: nn.Module) -> str | None:
 
 
 def load(name: str, weights: str | Path | None = None, pretrained: bool = False, example_input: Any = None,
-         **kwargs: Any) -> HookedModel:
+         trust_pickle: bool = False, **kwargs: Any) -> HookedModel:
     """Create a timm / torchvision classifier, load weights if given, and wrap it (eval mode).
 
     Args:
@@ -245,6 +205,8 @@ def load(name: str, weights: str | Path | None = None, pretrained: bool = False,
         pretrained: download the library's published weights (``timm.create_model(pretrained=True)`` /
             torchvision ``weights="DEFAULT"``); needs network access.
         example_input: input for the shape trace (default: zeros at the model's input size).
+        trust_pickle: allow a weights file that holds pickled objects (a whole saved model); loading such a
+            file runs code from it (:func:`interp_core.specs.read_state_dict`).
         **kwargs: passed to the constructor (``img_size=32``, ``num_classes=10``, ``in_chans=1``, ...).
     """
     if weights is not None and pretrained:
@@ -259,7 +221,7 @@ def load(name: str, weights: str | Path | None = None, pretrained: bool = False,
                              f"torch checkpoint")
     model = build(name, pretrained=pretrained, **kwargs)
     if path is not None:
-        state = _read_state_dict(path)
+        state = read_state_dict(path, trust_pickle=trust_pickle)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError:
