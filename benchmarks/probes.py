@@ -44,7 +44,7 @@ N_TRAIN, N_TEST, N_CLASSES, N_BLOCKS = 20_000, 4_000, 10, 12
 def make_activations(cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """``X [12, 24000, 192]`` mean-pooled block outputs and ``y [24000]`` labels (cached on disk)."""
     if cache.exists():
-        d = torch.load(cache)
+        d = torch.load(cache, weights_only=True)
         return d["X"], d["y"]
     import timm
 
@@ -104,7 +104,7 @@ def main() -> None:
         return accs, iters
 
     def ours_fit(ks: list[int], tol: float, kind: str = "logistic") -> tuple[list[float], list[int]]:
-        probes = [LinearProbe(kind, l2=1.0, tol=tol, max_iter=1000) for _ in ks]
+        probes = [LinearProbe(kind=kind, l2=1.0, tol=tol, max_iter=1000) for _ in ks]
         fit_many(probes, [Xtr[k] for k in ks], [ytr] * len(ks))
         return [float(p.score(Xte[k], yte)) for p, k in zip(probes, ks)], [getattr(p, "n_iter_", 0) for p in probes]
 

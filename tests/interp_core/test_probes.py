@@ -13,6 +13,7 @@ from interp_core.probes import (
     MLPProbe,
     NotFittedError,
     ProbeSweepResult,
+    SelectivityProbe,
     control_labels,
     cross_val_score,
     fit_many,
@@ -45,7 +46,7 @@ def cosine(a, b):
 # ------------------------------------------------------------------ planted truths and scikit-learn
 def test_recovers_planted_direction_binary():
     X, y, W = planted_logistic(n=20000, d=10, scale=4.0)
-    p = LinearProbe("logistic", l2=1e-2).fit(X, y)
+    p = LinearProbe(kind="logistic", l2=1e-2).fit(X, y)
     # the Bayes direction is W in the original feature space, whatever the feature scales
     assert cosine(p.direction_(), W[0]) > 0.99
     assert cosine(p.direction_(label=0), -W[0]) > 0.99
@@ -54,7 +55,7 @@ def test_recovers_planted_direction_binary():
 
 def test_recovers_planted_directions_multiclass():
     X, y, W = planted_logistic(n=30000, d=8, classes=4, scale=2.0)
-    p = LinearProbe("logistic", l2=1e-2).fit(X, y)
+    p = LinearProbe(kind="logistic", l2=1e-2).fit(X, y)
     Wc = W - W.mean(0)  # softmax is shift invariant; the L2 optimum has sum_c w_c = 0
     for c in range(4):
         assert cosine(p.direction_(label=c), Wc[c]) > 0.99
@@ -65,7 +66,7 @@ def test_recovers_planted_directions_multiclass():
 def test_logistic_matches_sklearn_standardized(classes, l2):
     X, y, _ = planted_logistic(n=3000, d=15, classes=classes, scale=1.0, seed=classes)
     Xtr, Xte, ytr, yte = X[:2400], X[2400:], y[:2400], y[2400:]
-    p = LinearProbe("logistic", l2=l2, tol=1e-6).fit(Xtr, ytr)
+    p = LinearProbe(kind="logistic", l2=l2, tol=1e-6).fit(Xtr, ytr)
     sc = StandardScaler().fit(Xtr.numpy())
     sk = LogisticRegression(C=1.0 / l2, tol=1e-8, max_iter=5000).fit(sc.transform(Xtr.numpy()), ytr)
     assert abs(p.score(Xte, yte) - sk.score(sc.transform(Xte.numpy()), yte)) <= 0.005
@@ -80,7 +81,7 @@ def test_logistic_matches_sklearn_raw_features_and_class_weight():
     X, y, _ = planted_logistic(n=2000, d=6, classes=3, scale=1.0, anisotropic=False)
     keep = (y != 2) | (np.arange(len(y)) % 4 == 0)  # make class 2 rare
     X, y = X[torch.as_tensor(keep)], y[keep]
-    p = LinearProbe("logistic", l2=0.5, standardize=False, class_weight="balanced", tol=1e-6).fit(X, y)
+    p = LinearProbe(kind="logistic", l2=0.5, standardize=False, class_weight="balanced", tol=1e-6).fit(X, y)
     sk = LogisticRegression(C=2.0, class_weight="balanced", tol=1e-8, max_iter=5000).fit(X.numpy(), y)
     assert np.allclose(p.coef_.numpy(), sk.coef_, atol=2e-3)
     assert np.allclose(p.intercept_.numpy(), sk.intercept_, atol=2e-3)
@@ -94,7 +95,7 @@ def test_ridge_matches_sklearn(standardize, outputs):
     X = torch.randn(500, 12, generator=g) * torch.linspace(0.5, 4, 12) + 1.0
     Y = X @ torch.randn(12, outputs, generator=g) + 0.3 * torch.randn(500, outputs, generator=g)
     y = Y[:, 0] if outputs == 1 else Y
-    p = LinearProbe("ridge", l2=3.0, standardize=standardize).fit(X, y)
+    p = LinearProbe(kind="ridge", l2=3.0, standardize=standardize).fit(X, y)
     Xs = StandardScaler().fit_transform(X.numpy().astype(np.float64)) if standardize else X.numpy().astype(np.float64)
     sk = Ridge(alpha=3.0).fit(Xs, y.numpy().astype(np.float64))
     coef = np.atleast_2d(sk.coef_)
@@ -103,7 +104,7 @@ def test_ridge_matches_sklearn(standardize, outputs):
     assert np.abs(p.coef_.numpy() - coef).max() < 1e-4
     assert np.abs(p.predict(X) - sk.predict(Xs)).max() < 1e-4
     assert abs(p.score(X, y) - sk.score(Xs, y.numpy())) < 1e-6
-    lin = LinearProbe("linear", standardize=False).fit(X, y)
+    lin = LinearProbe(kind="linear", standardize=False).fit(X, y)
     truth = np.linalg.lstsq(np.c_[X.numpy().astype(np.float64), np.ones(500)], y.numpy().astype(np.float64),
                             rcond=None)[0]
     assert np.abs(lin.coef_.numpy().T - truth[:-1].reshape(12, -1)).max() < 1e-4
@@ -111,7 +112,7 @@ def test_ridge_matches_sklearn(standardize, outputs):
 
 def test_ridge_classifier_matches_sklearn():
     X, y, _ = planted_logistic(n=1500, d=9, classes=4, scale=1.0)
-    p = LinearProbe("ridge_classifier", l2=2.0, standardize=False, class_weight="balanced").fit(X, y)
+    p = LinearProbe(kind="ridge_classifier", l2=2.0, standardize=False, class_weight="balanced").fit(X, y)
     sk = RidgeClassifier(alpha=2.0, class_weight="balanced").fit(X.numpy().astype(np.float64), y)
     assert np.abs(p.coef_.numpy() - sk.coef_).max() < 1e-4
     assert (p.predict(X) == sk.predict(X.numpy())).all()
@@ -120,9 +121,9 @@ def test_ridge_classifier_matches_sklearn():
 def test_sample_weights_equal_row_repetition():
     X, y, _ = planted_logistic(n=600, d=5, scale=1.0)
     w = np.random.default_rng(0).integers(1, 4, size=600)
-    a = LinearProbe("logistic", l2=1.0, standardize=False, tol=1e-7).fit(X, y, sample_weight=w.astype(float))
+    a = LinearProbe(kind="logistic", l2=1.0, standardize=False, tol=1e-7).fit(X, y, sample_weight=w.astype(float))
     rep = torch.as_tensor(np.repeat(np.arange(600), w))
-    b = LinearProbe("logistic", l2=1.0, standardize=False, tol=1e-7).fit(X[rep], y[rep.numpy()])
+    b = LinearProbe(kind="logistic", l2=1.0, standardize=False, tol=1e-7).fit(X[rep], y[rep.numpy()])
     assert np.allclose(a.coef_.numpy(), b.coef_.numpy(), atol=1e-3)
 
 
@@ -238,12 +239,12 @@ def test_selectivity_memorisable_types_vs_planted_signal():
     types = torch.randint(200, (2000,), generator=g)
     X = centres[types] + 0.05 * torch.randn(2000, 4, generator=g)
     y = (centres[types] @ torch.tensor([1.0, -1.0, 0.5, 0.0]) > 0).long().numpy()
-    p = LinearProbe(control=True).fit(X, y, control_types=types.numpy())
+    p = SelectivityProbe(LinearProbe()).fit(X, y, control_types=types.numpy())
     assert p.task_score_ > 0.95
     assert p.control_score_ < 0.65
     assert p.selectivity_ == pytest.approx(p.task_score_ - p.control_score_)
     # an MLP with capacity memorises types better: its control accuracy is higher, its selectivity lower
-    m = MLPProbe(hidden=(128,), l2=1e-4, max_iter=150, control=True).fit(X, y, control_types=types.numpy())
+    m = SelectivityProbe(MLPProbe(hidden=(128,), l2=1e-4, max_iter=150)).fit(X, y, control_types=types.numpy())
     assert m.control_score_ > p.control_score_ + 0.1
     assert m.selectivity_ < p.selectivity_
 
@@ -255,8 +256,11 @@ def test_control_defaults_to_groups_as_types():
     groups = np.repeat(np.arange(300), 6)
     X = torch.randn(1800, 5, generator=g)
     y = (X[:, 0] + 0.3 * X[:, 1] > 0).long().numpy()
-    p = LinearProbe(control=True, test_size=0.3).fit(X, y, groups=groups)
-    majority = np.bincount(y).max() / len(y)
+    p = SelectivityProbe(LinearProbe(), test_size=0.3).fit(X, y, groups=groups)
+    # chance for the control task: the majority rate of the held-out CONTROL labels (one draw per group, so
+    # on 90 held-out groups it differs from y's majority rate by a few points of sampling noise)
+    _, te = train_test_split_by_group(len(y), groups, test_size=0.3, seed=0)
+    majority = np.bincount(control_labels(y, groups, seed=0)[te]).max() / len(te)
     assert p.task_score_ > 0.9
     assert p.control_score_ <= majority + 0.05
     assert p.selectivity_ > 0.3
@@ -266,7 +270,7 @@ def test_regression_probe_control_shuffles_targets_across_types():
     g = torch.Generator().manual_seed(2)
     X = torch.randn(1500, 6, generator=g)
     y = (X @ torch.randn(6, generator=g) + 0.1 * torch.randn(1500, generator=g)).numpy()
-    p = LinearProbe("ridge", l2=1.0, control=True).fit(X, y)
+    p = SelectivityProbe(LinearProbe(kind="ridge", l2=1.0)).fit(X, y)
     assert p.task_score_ > 0.95  # R^2 of the planted linear map
     assert p.control_score_ < 0.05  # random targets of unseen rows: no better than predicting the mean
     assert p.selectivity_ > 0.9
@@ -307,21 +311,21 @@ def test_fit_stream_from_store(tmp_path):
     store = ActivationStore.collect(hm, batches, sites=["3"], path=tmp_path / "store", batches_per_shard=2,
                                     progress=False)
     X = store.features("3")
-    full = LinearProbe("ridge", l2=2.0).fit(X, (X @ torch.arange(16.0)).numpy())
-    streamed = LinearProbe("ridge", l2=2.0).fit_stream(store, "3", y=(X @ torch.arange(16.0)), batch_size=128)
+    full = LinearProbe(kind="ridge", l2=2.0).fit(X, (X @ torch.arange(16.0)).numpy())
+    streamed = LinearProbe(kind="ridge", l2=2.0).fit_stream(store, "3", y=(X @ torch.arange(16.0)), batch_size=128)
     assert np.abs(full.coef_.numpy() - streamed.coef_.numpy()).max() < 1e-5  # exact sufficient statistics
-    rc = LinearProbe("ridge_classifier", l2=1.0).fit(X, labels.numpy())
-    rcs = LinearProbe("ridge_classifier", l2=1.0).fit_stream(store, "3", batch_size=100)  # labels from store
+    rc = LinearProbe(kind="ridge_classifier", l2=1.0).fit(X, labels.numpy())
+    rcs = LinearProbe(kind="ridge_classifier", l2=1.0).fit_stream(store, "3", batch_size=100)  # labels from store
     assert np.abs(rc.coef_.numpy() - rcs.coef_.numpy()).max() < 1e-5
     # Adam on mini-batches approaches the full-batch L-BFGS optimum
-    lf = LinearProbe("logistic", l2=1.0).fit(X, labels.numpy())
-    ls = LinearProbe("logistic", l2=1.0).fit_stream(store, "3", batch_size=256, epochs=20, lr=0.1)
+    lf = LinearProbe(kind="logistic", l2=1.0).fit(X, labels.numpy())
+    ls = LinearProbe(kind="logistic", l2=1.0).fit_stream(store, "3", batch_size=256, epochs=20, lr=0.1)
     assert abs(lf.score(X, labels.numpy()) - ls.score(X, labels.numpy())) < 0.01
     # the site's 16 features come from 6 inputs (nearly collinear), so compare decisions and objectives
-    assert np.corrcoef(lf.decision_function(X).numpy(), ls.decision_function(X).numpy())[0, 1] > 0.99
+    assert np.corrcoef(lf.decision_function(X), ls.decision_function(X))[0, 1] > 0.99
 
     def objective(p):
-        z = lf.decision_function(X) if p is lf else ls.decision_function(X)
+        z = torch.as_tensor(lf.decision_function(X) if p is lf else ls.decision_function(X))
         ce = torch.nn.functional.binary_cross_entropy_with_logits(z, labels.double(), reduction="sum")
         return float(ce + 0.5 * ((p.coef_ * p.scale_.double()) ** 2).sum())
     assert objective(lf) <= objective(ls) < objective(lf) * 1.02
