@@ -13,7 +13,9 @@ Probe what an RL agent knows about its world, and check it causally:
 - :mod:`rl.worldmodel` — world-model probes with controls (random-init twin, observation baseline, control
   task) and a visibility-aware verdict, future-state probes, and the causal check of a probe direction;
 - :mod:`rl.metrics` — functions of a policy's output for patching and attribution (action log-prob,
-  action-logit difference, value).
+  action-logit difference, value);
+- :mod:`rl.sequence` — an agent unrolled over whole episodes (a ``time`` axis) for probes, patching and
+  interchange interventions across time steps.
 
 >>> import rl
 >>> agent = rl.zoo.load("tmaze-recurrent")
@@ -28,7 +30,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["envs", "agents", "zoo", "rollouts", "worldmodel", "metrics", "collect"]
+__all__ = ["envs", "agents", "zoo", "rollouts", "worldmodel", "metrics", "sequence", "collect"]
 
 
 def __getattr__(name: str) -> Any:
@@ -36,6 +38,6 @@ def __getattr__(name: str) -> Any:
         from .rollouts import collect
 
         return collect
-    if name in ("envs", "agents", "zoo", "rollouts", "worldmodel", "metrics"):
+    if name in ("envs", "agents", "zoo", "rollouts", "worldmodel", "metrics", "sequence"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'rl' has no attribute {name!r}")

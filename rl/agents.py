@@ -1,11 +1,12 @@
 """Policies as hooked models with the canonical policy sites (``rl.agents``).
 
 An RL policy becomes an :class:`Agent`: a :class:`~interp_core.HookedModel` around a small ``nn.Module``
-(:class:`SB3PolicyModule` or :class:`PlainPolicyModule`) whose forward is one policy step::
+(:class:`SB3PolicyModule`, :class:`SB3QModule`, :class:`SB3ActorCriticQModule` or :class:`PlainPolicyModule`)
+whose forward is one policy step::
 
     output = agent(obs, state, episode_start)        # PolicyOutput(logits, value, state)
     output, cache = agent.run_with_cache((obs, state, episode_start), sites=["memory.h", "logits"])
-    action, state = agent.act(obs, state)            # one env step's action (argmax by default)
+    action, state = agent.act(obs, state)            # one env step's action (as SB3's deterministic predict)
 
 - ``obs``: ``[batch, *obs_shape]`` in the env's own layout (MiniGrid images ``[batch, 7, 7, 3]`` are moved
   to channels-first inside), a tensor or a NumPy array; a single unbatched observation is accepted too.
@@ -32,9 +33,20 @@ Canonical sites (DESIGN.md), each ``(batch, ...)``:
 ``policy.i``     the i-th layer of the actor head's hidden MLP (plain policies: of ``actor``);
                  ``value.i`` the critic's
 ``logits``       action logits ``[batch, n_actions]`` (unnormalised; ``log_softmax`` gives SB3's
-                 ``distribution.distribution.logits``)
-``value``        the state-value estimate ``[batch, 1]``
+                 ``distribution.distribution.logits``); DQN: the Q-values; continuous actions: the
+                 Gaussian mean ``[batch, action_dim]`` (SAC: before the ``tanh``) or TD3's action
+``log_std``      Gaussian policies (PPO / A2C on a Box, SAC, TQC): the log standard deviation
+``q_values``     DQN / QR-DQN: ``Q(s, ·)`` (= ``logits``); ``quantiles`` QR-DQN's quantiles
+``action``       SAC / TD3 / DDPG / TQC: the deterministic action in ``[-1, 1]`` the critics take
+``critic.qi``    SAC / TD3 / DDPG / TQC: critic ``i``'s ``Q_i(s, action)``; ``critic.i.j`` its layers
+``value``        the state-value estimate ``[batch, 1]`` (DQN: ``max_a Q``; SAC / TD3: ``min_i Q_i``)
 ================ ================================================================================
+
+**Algorithms** (:func:`wrap`): stable-baselines3 PPO, A2C, DQN, SAC, TD3, DDPG and sb3-contrib
+RecurrentPPO, TRPO, QR-DQN, TQC, MaskablePPO (without masks), with Discrete or 1-d Box actions; each site
+equals SB3's own output (``policy.q_net(obs)``, ``actor.get_action_dist_params``, ``critic(obs, a)``, the
+distribution's mean, ``predict`` actions; tested). :func:`random_twin` builds the random-init twin of any
+of them (and of plain policies). :mod:`rl.sequence` unrolls an agent over whole episodes (a time axis).
 
 Every submodule's output is also a site by module path (``net.features_extractor.cnn.0``), as with the
 generic adapter. :attr:`Agent.input_axes` gives the axes of the agent's input (an env observation batch),
@@ -75,14 +87,22 @@ class PolicyOutput(NamedTuple):
     """One policy step.
 
     Attributes:
-        logits: ``[batch, n_actions]`` unnormalised action logits.
-        value: ``[batch]`` state-value estimates (zeros if the policy has no critic).
+        logits: ``[batch, n_actions]`` unnormalised action logits (discrete policies), Q-values (DQN), or for
+            continuous actions ``[batch, action_dim]`` the Gaussian mean (PPO / A2C: raw actions; SAC: before
+            the ``tanh``) or the deterministic actor's output in ``[-1, 1]`` (TD3 / DDPG).
+        value: ``[batch]`` state-value estimates (zeros if the policy has no critic; DQN: ``max_a Q``;
+            SAC / TD3: ``min_i Q_i(s, a)`` at the deterministic action).
         state: the recurrent state to pass to the next step (``None`` for feed-forward policies).
+        log_std: ``[batch, action_dim]`` log standard deviation of a Gaussian policy, else ``None``.
+        kind: how ``logits`` define actions: ``"categorical"``, ``"q"``, ``"gaussian"``,
+            ``"squashed_gaussian"`` or ``"deterministic"`` (see :class:`_SB3Module`).
     """
 
     logits: torch.Tensor
     value: torch.Tensor
     state: State | None
+    log_std: torch.Tensor | None = None
+    kind: str = "categorical"
 
 
 def _leaves(module: nn.Module, prefix: str) -> list[tuple[str, nn.Module]]:
@@ -151,6 +171,12 @@ def _default_obs_axes(shape: tuple[int, ...]) -> tuple[str, ...] | None:
     return None
 
 
+def _is_helper(name: str) -> bool:
+    """Whether a top-level child of a policy module is one of its identity helpers (canonical sites)."""
+    head = name.split(".")[0]
+    return head in ("obs_in", "memory_h", "memory_c") or head.endswith("_out")
+
+
 class _PolicyModuleBase(nn.Module):
     """Shared pieces: identity modules that make canonical sites, and the canonical site list.
 
@@ -161,6 +187,19 @@ class _PolicyModuleBase(nn.Module):
 
     recurrent: bool = False
     threads: int | None = 1
+    action_kind: str = "categorical"
+
+    @property
+    def continuous(self) -> bool:
+        """Whether actions are continuous (a Box action space)."""
+        return self.action_kind in ("gaussian", "squashed_gaussian", "deterministic")
+
+    def actions(self, out: PolicyOutput, deterministic: bool = True,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[batch]`` actions from a step's logits: the argmax, or sampled from ``softmax(logits)``."""
+        if deterministic:
+            return out.logits.argmax(-1)
+        return torch.multinomial(torch.softmax(out.logits, -1), 1, generator=generator)[:, 0]
 
     def __init__(self) -> None:
         super().__init__()
@@ -171,6 +210,7 @@ class _PolicyModuleBase(nn.Module):
         self.memory_c = nn.Identity()
         self.logits_out = nn.Identity()
         self.value_out = nn.Identity()
+        self.log_std_out = nn.Identity()
         # (site name, module path, description, axes or None = inferred from the traced shape)
         self._canonical: list[tuple[str, str, str, tuple[str, ...] | None]] = []
         self.__dict__["_device_param"] = None  # a plain attribute, not a registered parameter
@@ -178,9 +218,11 @@ class _PolicyModuleBase(nn.Module):
     def _mirror_training(self, policy: nn.Module) -> None:
         """Give this wrapper (and its identity helpers) the wrapped policy's train/eval flag, without
         touching the policy: the root flag then says truthfully whether the policy is in train mode."""
-        for m in (self, self.obs_in, self.features_out, self.memory_h, self.memory_c, self.logits_out,
-                  self.value_out):
-            m.training = policy.training
+        self.training = policy.training
+        for name, m in self._modules.items():
+            if _is_helper(name):
+                for mm in m.modules():
+                    mm.training = policy.training
 
     def canonical_sites(self) -> list[Site]:
         return [Site(name=n, module_path=p, description=d, axes=a) for n, p, d, a in self._canonical]
@@ -226,45 +268,39 @@ class _PolicyModuleBase(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
 
-class SB3PolicyModule(_PolicyModuleBase):
-    """One step of a stable-baselines3 ``ActorCriticPolicy`` / ``ActorCriticCnnPolicy`` or an sb3-contrib
-    ``RecurrentActorCriticPolicy`` (discrete actions), as ``forward(obs, state=None, episode_start=None) ->
-    PolicyOutput``. It reuses the policy's own submodules (``self.net``), never copying or changing them.
+class _SB3Module(_PolicyModuleBase):
+    """What every stable-baselines3 policy shares: the observation layout (SB3 transposes channels-last
+    images), SB3's preprocessing, and the action space (discrete or continuous).
 
-    Recurrent state: ``(h, c)`` each ``[n_layers, batch, hidden]`` for the actor LSTM, followed by
-    ``(h_vf, c_vf)`` when the critic has its own LSTM (``enable_critic_lstm=True``).
+    Action kinds (:attr:`action_kind`): ``"categorical"`` (``logits`` are action logits), ``"gaussian"``
+    (``logits`` are the mean of a diagonal Gaussian over raw actions, clipped to the space's bounds in the
+    env, as SB3's ``predict`` does), ``"squashed_gaussian"`` (SAC / TQC: ``logits`` are the mean *before* the
+    ``tanh``; actions are ``tanh`` of it rescaled from ``[-1, 1]`` to the bounds), ``"deterministic"`` (TD3 /
+    DDPG: ``logits`` are the actor's output in ``[-1, 1]``, rescaled to the bounds) and ``"q"`` (DQN / QR-DQN:
+    ``logits`` are the Q-values; the greedy action is their argmax).
     """
 
-    def __init__(self, policy: nn.Module):
-        super().__init__()
-        from gymnasium import spaces
-        from stable_baselines3.common.policies import ActorCriticPolicy
+    action_kind: str = "categorical"
 
-        if not isinstance(policy, ActorCriticPolicy):
-            raise InputTypeError(f"SB3PolicyModule wraps a stable-baselines3 ActorCriticPolicy, got "
-                            f"{type(policy).__name__}; pass model.policy for an algorithm object")
-        if not isinstance(policy.action_space, spaces.Discrete):
-            raise InputTypeError(f"only discrete action spaces are supported (logits); got {policy.action_space}")
+    def _init_sb3(self, policy: nn.Module) -> None:
+        from gymnasium import spaces
+
         self.net = policy
         self._mirror_training(policy)
-        self.recurrent = hasattr(policy, "lstm_actor")
-        self.n_actions = int(policy.action_space.n)
+        space = policy.action_space
+        if isinstance(space, spaces.Discrete):
+            self.n_actions = int(space.n)
+        elif isinstance(space, spaces.Box) and len(space.shape) == 1:
+            self.n_actions = int(space.shape[0])  # the action dimension: one mean per coordinate
+            self._low = torch.as_tensor(space.low, dtype=torch.float32)
+            self._high = torch.as_tensor(space.high, dtype=torch.float32)
+        else:
+            raise InputTypeError(f"model: {type(policy).__name__} acts in {space}; rl.agents supports Discrete and "
+                                 f"1-d Box action spaces (MultiDiscrete / MultiBinary / Dict are not supported)")
         self._pshape = tuple(policy.observation_space.shape)
         self._eshape = self._env_shape()
         # SB3 transposed a channels-last image space (VecTransposeImage): the env emits [h, w, c]
         self._transposed = len(self._pshape) == 3 and self._pshape != self._eshape
-        self._add("obs", "obs_in", "observation as the env emits it (channels last for images), after SB3's "
-                  "preprocessing (float; /255 for normalised images)", self.input_axes())
-        self._add_layers("encoder", policy.pi_features_extractor, "net.pi_features_extractor"
-                         if not policy.share_features_extractor else "net.features_extractor", "features extractor")
-        self._add("encoder.out", "features_out", "features extractor output", ("batch", "feature"))
-        if self.recurrent:
-            self._add("memory.h", "memory_h", "LSTM hidden state after this step (top layer)", ("batch", "feature"))
-            self._add("memory.c", "memory_c", "LSTM cell state after this step (top layer)", ("batch", "feature"))
-        self._add_layers("policy", policy.mlp_extractor.policy_net, "net.mlp_extractor.policy_net", "actor head")
-        self._add_layers("value", policy.mlp_extractor.value_net, "net.mlp_extractor.value_net", "critic head")
-        self._add("logits", "logits_out", "action logits", ("batch", "feature"))
-        self._add("value", "value_out", "state value", ("batch", "feature"))
 
     # ------------------------------------------------------------------ observation layout
     def observation_shape(self) -> tuple[int, ...]:
@@ -324,6 +360,87 @@ class SB3PolicyModule(_PolicyModuleBase):
         """The ``obs`` site's tensor in the network's layout (``[batch, c, h, w]`` for transposed images)."""
         return x.permute(0, 3, 1, 2) if self._transposed else x
 
+    def initial_state(self, batch: int = 1) -> State | None:
+        return None
+
+    # ------------------------------------------------------------------ actions
+    def _unscale(self, scaled: torch.Tensor) -> torch.Tensor:
+        """``[-1, 1]`` -> the Box's bounds (SB3's ``unscale_action``)."""
+        low, high = self._low.to(scaled.device), self._high.to(scaled.device)
+        return low + 0.5 * (scaled + 1.0) * (high - low)
+
+    def actions(self, out: PolicyOutput, deterministic: bool = True,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Env actions for a step's output: ``[batch]`` indices (discrete) or ``[batch, action_dim]`` values in
+        the Box's bounds (continuous), as SB3's ``predict`` gives them. Stochastic continuous actions draw
+        ``mean + std * N(0, 1)`` with ``generator``."""
+        z = out.logits
+        kind = self.action_kind
+        if kind in ("categorical", "q"):
+            if deterministic or kind == "q":
+                return z.argmax(-1)
+            return torch.multinomial(torch.softmax(z, -1), 1, generator=generator)[:, 0]
+        if kind == "deterministic":
+            return self._unscale(z)
+        if not deterministic:
+            if out.log_std is None:
+                raise InputError("deterministic=False: this policy's noise is state-dependent (gSDE), which "
+                                 "rl.agents does not sample; use deterministic=True")
+            noise = torch.randn(z.shape, generator=generator, device="cpu").to(z.device, z.dtype)
+            z = z + out.log_std.exp() * noise
+        if kind == "squashed_gaussian" or getattr(self.net, "squash_output", False):
+            return self._unscale(torch.tanh(z))
+        return torch.maximum(torch.minimum(z, self._high.to(z.device)), self._low.to(z.device))
+
+
+class SB3PolicyModule(_SB3Module):
+    """One step of a stable-baselines3 ``ActorCriticPolicy`` (PPO, A2C, sb3-contrib TRPO; ``CnnPolicy``
+    too), an sb3-contrib ``RecurrentActorCriticPolicy`` (RecurrentPPO) or ``MaskableActorCriticPolicy``
+    (MaskablePPO, run without masks), as ``forward(obs, state=None, episode_start=None) -> PolicyOutput``.
+    It reuses the policy's own submodules (``self.net``), never copying or changing them.
+
+    Discrete actions: ``logits`` are the action logits. Box actions (a diagonal Gaussian, e.g. PPO on
+    Pendulum): ``logits`` are the Gaussian's mean ``[batch, action_dim]`` (SB3's ``action_net`` output,
+    ``distribution.distribution.mean``) and ``log_std`` its log standard deviation, the policy's
+    state-independent ``log_std`` parameter broadcast to ``[batch, action_dim]`` (absent with gSDE, whose
+    noise depends on the state).
+
+    Recurrent state: ``(h, c)`` each ``[n_layers, batch, hidden]`` for the actor LSTM, followed by
+    ``(h_vf, c_vf)`` when the critic has its own LSTM (``enable_critic_lstm=True``).
+    """
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        from stable_baselines3.common.distributions import DiagGaussianDistribution
+        from stable_baselines3.common.policies import ActorCriticPolicy
+
+        needed = ("mlp_extractor", "action_net", "value_net")
+        if not isinstance(policy, ActorCriticPolicy) and not all(hasattr(policy, a) for a in needed):
+            raise InputTypeError(f"SB3PolicyModule wraps a stable-baselines3 ActorCriticPolicy, got "
+                                 f"{type(policy).__name__}; use rl.agents.wrap(model) for any SB3 algorithm")
+        self._init_sb3(policy)
+        self.action_kind = "categorical" if not hasattr(self, "_low") else "gaussian"
+        self.gaussian_log_std = self.action_kind == "gaussian" and isinstance(
+            getattr(policy, "action_dist", None), DiagGaussianDistribution)
+        self.recurrent = hasattr(policy, "lstm_actor")
+        self._add("obs", "obs_in", "observation as the env emits it (channels last for images), after SB3's "
+                  "preprocessing (float; /255 for normalised images)", self.input_axes())
+        self._add_layers("encoder", policy.pi_features_extractor, "net.pi_features_extractor"
+                         if not policy.share_features_extractor else "net.features_extractor", "features extractor")
+        self._add("encoder.out", "features_out", "features extractor output", ("batch", "feature"))
+        if self.recurrent:
+            self._add("memory.h", "memory_h", "LSTM hidden state after this step (top layer)", ("batch", "feature"))
+            self._add("memory.c", "memory_c", "LSTM cell state after this step (top layer)", ("batch", "feature"))
+        self._add_layers("policy", policy.mlp_extractor.policy_net, "net.mlp_extractor.policy_net", "actor head")
+        self._add_layers("value", policy.mlp_extractor.value_net, "net.mlp_extractor.value_net", "critic head")
+        self._add("logits", "logits_out", "action logits" if self.action_kind == "categorical" else
+                  "mean of the Gaussian action distribution (raw actions)", ("batch", "feature"))
+        if self.gaussian_log_std:
+            self._add("log_std", "log_std_out", "log standard deviation of the Gaussian action distribution",
+                      ("batch", "feature"))
+        self._add("value", "value_out", "state value", ("batch", "feature"))
+        self._mirror_training(policy)
+
     # ------------------------------------------------------------------ state
     def initial_state(self, batch: int = 1) -> State | None:
         if not self.recurrent:
@@ -382,8 +499,148 @@ class SB3PolicyModule(_PolicyModuleBase):
         latent_pi = p.mlp_extractor.forward_actor(latent_pi)
         latent_vf = p.mlp_extractor.forward_critic(latent_vf)
         logits = self.logits_out(p.action_net(latent_pi))
+        log_std = self.log_std_out(p.log_std.expand(batch, -1)) if self.gaussian_log_std else None
         value = self.value_out(p.value_net(latent_vf))
-        return PolicyOutput(logits, value[:, 0], new_state)
+        return PolicyOutput(logits, value[:, 0], new_state, log_std, self.action_kind)
+
+
+class SB3QModule(_SB3Module):
+    """One step of a stable-baselines3 ``DQNPolicy`` (DQN) or an sb3-contrib ``QRDQNPolicy`` (QR-DQN):
+    ``forward(obs, state=None, episode_start=None) -> PolicyOutput`` with ``logits`` = the Q-values
+    ``Q(s, ·)`` ``[batch, n_actions]`` (SB3's ``policy.q_net(obs)``; QR-DQN: the mean over quantiles of
+    ``policy.quantile_net(obs)``) and ``value`` = ``max_a Q(s, a)``, the greedy action's value.
+
+    Sites: ``obs``, ``encoder.i`` / ``encoder.out`` (the Q-network's features extractor), ``policy.i`` (the
+    Q-network's layers), ``q_values`` (= ``logits``), ``quantiles`` (QR-DQN: ``[batch, n_quantiles,
+    n_actions]``), ``logits``, ``value``. The target network is not run.
+    """
+
+    action_kind = "q"
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.quantile = hasattr(policy, "quantile_net")
+        qnet = policy.quantile_net if self.quantile else getattr(policy, "q_net", None)
+        if qnet is None or not hasattr(qnet, "features_extractor"):
+            raise InputTypeError(f"SB3QModule wraps a stable-baselines3 DQNPolicy or an sb3-contrib QRDQNPolicy, got "
+                                 f"{type(policy).__name__}")
+        self._init_sb3(policy)
+        if hasattr(self, "_low"):
+            raise InputTypeError(f"model: a Q-network needs a Discrete action space, got {policy.action_space}")
+        self.q_values_out = nn.Identity()
+        self.quantiles_out = nn.Identity()
+        head = "quantile_net" if self.quantile else "q_net"
+        self._head = getattr(qnet, head)
+        self._add("obs", "obs_in", "observation as the env emits it, after SB3's preprocessing", self.input_axes())
+        self._add_layers("encoder", qnet.features_extractor, f"net.{head}.features_extractor", "features extractor")
+        self._add("encoder.out", "features_out", "features extractor output", ("batch", "feature"))
+        self._add_layers("policy", self._head, f"net.{head}.{head}", "Q-network")
+        if self.quantile:
+            self._add("quantiles", "quantiles_out", "return quantiles per action [batch, quantile, action]",
+                      ("batch", "pos", "feature"))
+        self._add("q_values", "q_values_out", "Q-values Q(s, a) of every action", ("batch", "feature"))
+        self._add("logits", "logits_out", "Q-values (the greedy action is their argmax)", ("batch", "feature"))
+        self._add("value", "value_out", "max_a Q(s, a)", ("batch", "feature"))
+        self._mirror_training(policy)
+
+    def forward(self, obs: Any, state: State | None = None, episode_start: Any = None) -> PolicyOutput:
+        with _threads(self.threads):
+            p = self.net
+            qnet = p.quantile_net if self.quantile else p.q_net
+            x = self.to_network(self.obs_in(self.prepare(obs)))
+            feat = self.features_out(qnet.features_extractor(x))
+            raw = self._head(feat)
+            if self.quantile:
+                quantiles = self.quantiles_out(raw.view(-1, qnet.n_quantiles, self.n_actions))
+                q = quantiles.mean(dim=1)
+            else:
+                q = raw
+            q = self.logits_out(self.q_values_out(q))
+            value = self.value_out(q.max(dim=-1, keepdim=True).values)
+            return PolicyOutput(q, value[:, 0], None, None, self.action_kind)
+
+
+class SB3ActorCriticQModule(_SB3Module):
+    """One step of an off-policy continuous-control policy — stable-baselines3 ``SACPolicy`` (SAC),
+    ``TD3Policy`` (TD3, DDPG) or sb3-contrib ``TQCPolicy`` (TQC) — as ``forward(obs, state=None,
+    episode_start=None) -> PolicyOutput``.
+
+    - SAC / TQC (``action_kind="squashed_gaussian"``): ``logits`` = the actor's Gaussian mean before the
+      ``tanh`` (``actor.mu``), ``log_std`` = its log standard deviation clamped to SB3's ``[-20, 2]``
+      (``actor.get_action_dist_params``); the deterministic action in ``[-1, 1]`` is ``tanh(mean)``.
+    - TD3 / DDPG (``"deterministic"``): ``logits`` = the actor's output ``actor(obs)`` in ``[-1, 1]``.
+
+    Critics are evaluated at the deterministic action ``a`` (scaled to ``[-1, 1]``, as SB3's critics take
+    it): ``critic.q{i}`` = ``Q_i(s, a)`` ``[batch, 1]`` (TQC: ``[batch, n_quantiles]``), the outputs of
+    ``policy.critic(obs, a)``; ``value`` = ``min_i`` of the critics' (quantile-mean) estimates, the
+    clipped double-Q value (Fujimoto et al. 2018). ``action`` is ``a``. The target networks are not run.
+    Other sites: ``obs``, ``encoder.i`` / ``encoder.out`` (the actor's features extractor), ``policy.i`` (the
+    actor's hidden layers), ``critic.i.j`` (layer ``j`` of critic ``i``).
+    """
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        actor, critic = getattr(policy, "actor", None), getattr(policy, "critic", None)
+        if actor is None or critic is None or not hasattr(critic, "q_networks"):
+            raise InputTypeError(f"SB3ActorCriticQModule wraps SB3 SAC / TD3 / DDPG or sb3-contrib TQC policies, got "
+                                 f"{type(policy).__name__}")
+        self._init_sb3(policy)
+        if not hasattr(self, "_low"):
+            raise InputTypeError(f"model: {type(policy).__name__} needs a Box action space, got {policy.action_space}")
+        self.squashed = hasattr(actor, "latent_pi")
+        self.action_kind = "squashed_gaussian" if self.squashed else "deterministic"
+        self.use_sde = bool(getattr(actor, "use_sde", False))
+        self.log_std_out = nn.Identity()
+        self.action_out = nn.Identity()
+        n = len(critic.q_networks)
+        self.critic_out = nn.ModuleList([nn.Identity() for _ in range(n)])
+        self._shared = critic.features_extractor is actor.features_extractor
+        self._add("obs", "obs_in", "observation as the env emits it, after SB3's preprocessing", self.input_axes())
+        self._add_layers("encoder", actor.features_extractor, "net.actor.features_extractor", "features extractor")
+        self._add("encoder.out", "features_out", "actor features extractor output", ("batch", "feature"))
+        if self.squashed:
+            self._add_layers("policy", actor.latent_pi, "net.actor.latent_pi", "actor")
+            self._add("logits", "logits_out", "Gaussian mean before the tanh (actor.mu)", ("batch", "feature"))
+            if not self.use_sde:
+                self._add("log_std", "log_std_out", "log standard deviation of the actor's Gaussian",
+                          ("batch", "feature"))
+        else:
+            mu_layers = _leaves(actor.mu, "net.actor.mu")
+            for i, (path, m) in enumerate(mu_layers[:-1]):
+                self._add(f"policy.{i}", path, f"actor layer {i} ({type(m).__name__})")
+            self._add("logits", "logits_out", "actor output in [-1, 1] (actor(obs))", ("batch", "feature"))
+        self._add("action", "action_out", "deterministic action in [-1, 1] (the critics' input)", ("batch", "feature"))
+        for i in range(n):
+            self._add_layers(f"critic.{i}", critic.q_networks[i], f"net.critic.qf{i}", f"critic {i}")
+            self._add(f"critic.q{i}", f"critic_out.{i}", f"critic {i}'s estimate Q_{i}(s, a)", ("batch", "feature"))
+        self._add("value", "value_out", "min over critics of Q_i(s, a)", ("batch", "feature"))
+        self._mirror_training(policy)
+
+    def forward(self, obs: Any, state: State | None = None, episode_start: Any = None) -> PolicyOutput:
+        with _threads(self.threads):
+            return self._forward(obs)
+
+    def _forward(self, obs: Any) -> PolicyOutput:
+        from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
+
+        actor, critic = self.net.actor, self.net.critic
+        x = self.to_network(self.obs_in(self.prepare(obs)))
+        feat = self.features_out(actor.features_extractor(x))
+        log_std = None
+        if self.squashed:
+            latent = actor.latent_pi(feat)
+            mean = self.logits_out(actor.mu(latent))
+            if not self.use_sde:
+                log_std = self.log_std_out(torch.clamp(actor.log_std(latent), LOG_STD_MIN, LOG_STD_MAX))
+            action = self.action_out(torch.tanh(mean))
+        else:
+            mean = self.logits_out(actor.mu(feat))
+            action = self.action_out(mean)
+        cfeat = feat if self._shared else critic.features_extractor(x)
+        q_in = torch.cat([cfeat, action], dim=1)
+        qs = [self.critic_out[i](q(q_in)) for i, q in enumerate(critic.q_networks)]
+        value = self.value_out(torch.stack([q.mean(dim=1) for q in qs], 1).min(dim=1, keepdim=True).values)
+        return PolicyOutput(mean, value[:, 0], None, log_std, self.action_kind)
 
 
 class PlainPolicyModule(_PolicyModuleBase):
@@ -525,7 +782,7 @@ class PolicyAdapter:
         taken = {s.name for s in canonical}
         generic = [Site(name=path, module_path=path, description=type(m).__name__)
                    for path, m in model.named_modules()
-                   if path and path not in self._helpers and path not in taken and path != "net"]
+                   if path and not _is_helper(path) and path not in taken and path != "net"]
         return canonical + generic
 
     def default_sites(self, model: nn.Module) -> list[str]:
@@ -562,11 +819,14 @@ def _first_device(module: nn.Module) -> torch.device:
 
 def _sb3_raw_sites(policy: nn.Module, canonical_only: bool = False) -> list[Site]:
     """Canonical sites of a raw SB3 ``ActorCriticPolicy`` on its own module paths (see :class:`PolicyAdapter`)."""
-    from stable_baselines3.common.policies import ActorCriticPolicy
+    from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 
     if not isinstance(policy, ActorCriticPolicy):
+        if isinstance(policy, BasePolicy):  # DQN / SAC / TD3 policies: every submodule by module path
+            return [Site(name=path, module_path=path, description=type(m).__name__)
+                    for path, m in policy.named_modules() if path]
         raise InputTypeError(f"model: the rl-policy adapter describes rl.agents policy modules and stable-baselines3 "
-                             f"ActorCriticPolicy objects, got {type(policy).__name__}")
+                             f"policies, got {type(policy).__name__}")
     fe = "features_extractor" if policy.share_features_extractor else "pi_features_extractor"
     out = [Site(name="obs", module_path=fe, kind="input", description="preprocessed observation (policy layout)")]
     out += [Site(name=f"encoder.{i}", module_path=p, description=f"features extractor layer {i} ({type(m).__name__})")
@@ -660,9 +920,16 @@ class Agent(HookedModel):
             generator: torch.Generator | None = None) -> tuple[Any, State | None]:
         """Choose actions for ``obs`` (one observation or a batch): ``(action, new_state)``.
 
-        ``deterministic`` takes the argmax of the logits (SB3's ``predict(deterministic=True)``); otherwise
-        actions are sampled with ``generator``. Interventions active on the agent (``with
-        agent.intervene(...)``) apply. A single observation gives an ``int`` action. The policy runs in eval mode
+        Discrete policies: ``deterministic`` takes the argmax of the logits (SB3's
+        ``predict(deterministic=True)``); otherwise actions are sampled from ``softmax(logits)`` with
+        ``generator``. DQN: the argmax of the Q-values (exploration is the algorithm's, not the policy's).
+        Continuous policies give ``[batch, action_dim]`` actions in the action space's bounds, as SB3's
+        ``predict`` does: the Gaussian mean clipped to the bounds (PPO / A2C), ``tanh`` of the mean rescaled to
+        the bounds (SAC / TQC), the actor's output rescaled (TD3 / DDPG); with ``deterministic=False`` the
+        Gaussian is sampled (``mean + std * N(0, 1)``, ``generator``) before clipping / squashing.
+
+        Interventions active on the agent (``with agent.intervene(...)``) apply. A single observation gives an
+        ``int`` (discrete) or a ``[action_dim]`` array (continuous). The policy runs in eval mode
         (``self.analysis()``), every module's train/eval flag restored afterwards.
         """
         single = tuple(np.shape(obs)) == tuple(self.model.env_observation_shape())
@@ -670,13 +937,26 @@ class Agent(HookedModel):
             episode_start = np.atleast_1d(episode_start)
         with self.analysis():
             out = self.model(obs, state, episode_start)
-        if deterministic:
-            actions = out.logits.argmax(-1)
-        else:
-            probs = torch.softmax(out.logits, -1)
-            actions = torch.multinomial(probs, 1, generator=generator)[:, 0]
-        actions = actions.cpu().numpy()
-        return (int(actions[0]) if single else actions), out.state
+        actions = self.model.actions(out, deterministic=deterministic, generator=generator).cpu().numpy()
+        if single:
+            return (actions[0] if self.continuous else int(actions[0])), out.state
+        return actions, out.state
+
+    @property
+    def action_kind(self) -> str:
+        """``"categorical"``, ``"q"``, ``"gaussian"``, ``"squashed_gaussian"`` or ``"deterministic"``
+        (see :class:`PolicyOutput`)."""
+        return self.model.action_kind
+
+    @property
+    def continuous(self) -> bool:
+        """Whether the agent's actions are continuous (``[batch, action_dim]``)."""
+        return bool(self.model.continuous)
+
+    def random_twin(self, seed: int | None = None) -> "Agent":
+        """The random-init twin of this agent (same class and architecture, initialised from ``seed``, never
+        trained): see :func:`random_twin`."""
+        return random_twin(self, seed=seed)
 
 
 def default_action_names(env_id: str | None) -> list[str] | None:
@@ -699,40 +979,164 @@ def _algorithm_env_id(algo: Any) -> str | None:
     return getattr(spec, "id", None)
 
 
-def wrap(policy: Any, env_id: str | None = None, obs_shape: Sequence[int] | None = None, **kwargs: Any) -> Agent:
-    """Make an :class:`Agent` from an SB3 algorithm (``PPO``, ``RecurrentPPO``), an SB3 policy, or a plain
-    ``nn.Module`` following the protocol (then ``obs_shape`` is required; ``obs_axes=`` may say its layout).
-    ``kwargs`` go to :class:`Agent`. An algorithm's own env id is used when ``env_id`` is not given.
-    """
+def _sb3_module(policy: nn.Module) -> _SB3Module:
+    """The step module for a stable-baselines3 (or sb3-contrib) policy object, by what it is."""
     from stable_baselines3.common.policies import ActorCriticPolicy
 
+    if isinstance(policy, ActorCriticPolicy) or all(hasattr(policy, a) for a in ("mlp_extractor", "action_net",
+                                                                               "value_net")):
+        return SB3PolicyModule(policy)
+    if hasattr(policy, "q_net") or hasattr(policy, "quantile_net"):
+        return SB3QModule(policy)
+    if hasattr(policy, "actor") and hasattr(getattr(policy, "critic", None), "q_networks"):
+        return SB3ActorCriticQModule(policy)
+    raise InputTypeError(f"policy: {type(policy).__name__} is a stable-baselines3 policy rl.agents does not know; "
+                         f"supported: ActorCriticPolicy (PPO, A2C, TRPO, RecurrentPPO, MaskablePPO), DQNPolicy, "
+                         f"QRDQNPolicy, SACPolicy, TD3Policy (TD3, DDPG), TQCPolicy")
+
+
+def wrap(policy: Any, env_id: str | None = None, obs_shape: Sequence[int] | None = None, **kwargs: Any) -> Agent:
+    """Make an :class:`Agent` from any stable-baselines3 / sb3-contrib algorithm (``PPO``, ``A2C``, ``DQN``,
+    ``SAC``, ``TD3``, ``DDPG``, ``RecurrentPPO``, ``TRPO``, ``QRDQN``, ``TQC``, ``MaskablePPO``) or its
+    ``.policy``, or a plain ``nn.Module`` following the protocol (then ``obs_shape`` is required;
+    ``obs_axes=`` may say its layout). ``kwargs`` go to :class:`Agent`. An algorithm's own env id is used when
+    ``env_id`` is not given.
+    """
+    from stable_baselines3.common.policies import BasePolicy
+
     obs_axes = kwargs.pop("obs_axes", None)
-    if hasattr(policy, "policy") and isinstance(policy.policy, ActorCriticPolicy):
+    if isinstance(getattr(policy, "policy", None), BasePolicy):
         env_id = env_id if env_id is not None else _algorithm_env_id(policy)
         policy = policy.policy
-    if isinstance(policy, ActorCriticPolicy):
-        return Agent(SB3PolicyModule(policy), env_id=env_id, **kwargs)
+    if isinstance(policy, BasePolicy):
+        return Agent(_sb3_module(policy), env_id=env_id, **kwargs)
     if isinstance(policy, nn.Module):
         if obs_shape is None:
             raise InputError("obs_shape: wrapping a plain nn.Module policy needs obs_shape= (the per-example "
                              "observation shape)")
         return Agent(PlainPolicyModule(policy, obs_shape, obs_axes=obs_axes), env_id=env_id, **kwargs)
-    raise InputTypeError(f"policy: cannot wrap a {type(policy).__name__}: expected an SB3 algorithm or "
-                         "ActorCriticPolicy, or an nn.Module following rl.agents' plain-policy protocol")
+    raise InputTypeError(f"policy: cannot wrap a {type(policy).__name__}: expected a stable-baselines3 algorithm or "
+                         "policy, or an nn.Module following rl.agents' plain-policy protocol")
+
+
+# ---------------------------------------------------------------------------------------------- twins
+def _constructor_kwargs(policy: nn.Module) -> dict[str, Any]:
+    """Arguments that rebuild an SB3 policy's architecture: SB3's own ``_get_constructor_parameters`` (what
+    ``policy.save`` stores), completed from the object for arguments it leaves out (sb3-contrib's LSTM sizes,
+    ``share_features_extractor``, ``n_critics`` ...)."""
+    import inspect
+
+    kwargs = dict(policy._get_constructor_parameters())
+    params = inspect.signature(type(policy).__init__).parameters
+    lstm = getattr(policy, "lstm_actor", None)
+    recovered = {"lstm_hidden_size": getattr(lstm, "hidden_size", None), "n_lstm_layers": getattr(lstm, "num_layers",
+                                                                                                   None)}
+    for name in params:
+        if name in ("self", "args", "kwargs") or name in kwargs:
+            continue
+        if recovered.get(name) is not None:
+            kwargs[name] = recovered[name]
+        elif name in vars(policy) or hasattr(type(policy), name):
+            kwargs[name] = getattr(policy, name)
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _reinit_plain(net: nn.Module, seed: int) -> nn.Module:
+    import copy
+
+    twin = copy.deepcopy(net)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in twin.modules():
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return twin
+
+
+def random_twin(agent: Any, seed: int | None = None) -> Agent:
+    """The random-init twin of ``agent``: the same policy class and architecture, initialised from ``seed``
+    and never trained — the control for probes (what the architecture gives for free).
+
+    - zoo agents: ``rl.zoo.load(NAME, seed=seed, random_init=True)`` (the same weights this function builds);
+    - any stable-baselines3 agent: ``type(policy)(**constructor arguments)`` under ``torch.manual_seed(seed)``,
+      i.e. SB3's own initialisation (orthogonal for actor-critic policies), on the agent's device, in eval mode;
+    - plain ``nn.Module`` policies: a copy whose every module is re-initialised by its ``reset_parameters``
+      (PyTorch's default initialisation, which may differ from a custom scheme the author used).
+
+    ``seed`` defaults to the zoo agent's seed, else 0. ``agent`` may also be an SB3 algorithm or policy.
+    The twin's parameters are checked to have exactly the agent's names and shapes.
+    """
+    from interp_core.errors import InterpError
+
+    if not isinstance(agent, Agent):
+        agent = wrap(agent)
+    module = agent.model
+    base = None
+    if agent.name:
+        from . import zoo
+
+        try:
+            base, zoo_seed, _ = zoo.parse_name(agent.name)
+        except InputError:
+            base = None
+        if base is not None and base not in zoo.names():
+            base = None
+        if base is not None and seed is None:
+            seed = zoo_seed
+    seed = 0 if seed is None else int(seed)
+    if base is not None and isinstance(module, SB3PolicyModule):
+        twin = zoo.load(base, seed=seed, random_init=True)
+        return twin.to(module.device_) if twin.model.device_ != module.device_ else twin
+    net = module.net
+    if isinstance(module, _SB3Module):
+        kwargs = _constructor_kwargs(net)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                fresh = type(net)(**kwargs)
+        except Exception as e:
+            raise InterpError(f"agent: could not rebuild {type(net).__name__} from its constructor arguments "
+                              f"{sorted(kwargs)} ({e}); build the twin yourself and pass it as random_twin=") from e
+        fresh = fresh.to(module.device_)
+        new_module: _PolicyModuleBase = type(module)(fresh.eval())
+    else:
+        fresh = _reinit_plain(net, seed).eval()
+        new_module = PlainPolicyModule(fresh, module.obs_shape, obs_axes=module._obs_axes)
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    if want != got:
+        diff = sorted(set(want.items()) ^ set(got.items()))[:4]
+        raise InterpError(f"agent: the rebuilt {type(net).__name__} does not match the agent's architecture "
+                          f"(differs in {diff}); build the twin yourself and pass it as random_twin=")
+    label = f"{agent.name}-random@seed{seed}" if agent.name else None
+    card = {"random_twin_of": agent.name, "seed": seed, "random_init": True,
+            "note": "same architecture as the agent, initialised from the seed, never trained"}
+    return Agent(new_module, env_id=agent.env_id, env_kwargs=agent.env_kwargs, name=label, card=card,
+                 action_names=agent.action_names)
 
 
 def claim(obj: Any) -> Any:
     """The ``interp_suite.adapters`` entry point: policies become :class:`Agent` objects (priority 20, above
-    the vision adapters, since an SB3 CNN policy is also a conv net); anything else is not claimed."""
+    the vision adapters, since an SB3 CNN policy is also a conv net); anything else is not claimed.
+
+    Claimed: the step modules of this file, :class:`rl.sequence.EpisodeModel` (its time-axis sites), any
+    stable-baselines3 / sb3-contrib algorithm (``PPO``, ``A2C``, ``DQN``, ``SAC``, ``TD3``, ``DDPG``,
+    ``RecurrentPPO``, ``TRPO``, ``QRDQN``, ``TQC``, ``MaskablePPO``) and their policies."""
     if isinstance(obj, _PolicyModuleBase):
         adapter = PolicyAdapter()
         adapter.priority = 20
         return adapter
+    if type(obj).__name__ == "EpisodeModel" and type(obj).__module__ == "rl.sequence":
+        return obj.hooked  # one HookedModel per EpisodeModel, kept: its trace is reused by every method
+    classes = (*type(obj).__mro__, *type(getattr(obj, "policy", None)).__mro__)
+    if not any(c.__module__.startswith(("stable_baselines3", "sb3_contrib")) for c in classes):
+        return None  # not an SB3 object: stable-baselines3 (slow to import) is not imported
     try:
-        from stable_baselines3.common.policies import ActorCriticPolicy
+        from stable_baselines3.common.policies import BasePolicy
     except ImportError:  # the rl extra is not installed
         return None
-    if isinstance(obj, ActorCriticPolicy) or isinstance(getattr(obj, "policy", None), ActorCriticPolicy):
+    if isinstance(obj, BasePolicy) or isinstance(getattr(obj, "policy", None), BasePolicy):
         agent = wrap(obj)
         agent.priority = 20
         return agent

@@ -42,13 +42,14 @@ class Rollout:
 
     Attributes:
         obs: ``[N, *obs_shape]`` observations as the env emitted them.
-        actions: ``[N]`` actions taken.
+        actions: ``[N]`` actions taken (``[N, action_dim]`` for continuous-action agents, in the env's bounds).
         rewards: ``[N]`` rewards received for them; ``terminated`` / ``truncated``: ``[N]`` done flags.
         episode: ``[N]`` episode ids (unique across env copies); ``step``: ``[N]`` time step within it;
             ``env_index``: ``[N]`` which env copy.
         world: ``{variable: [N]}`` true values; ``visible``: ``{variable: [N] bool}`` visibility flags.
         variables: the :class:`~rl.envs.Variable` specs (types for probes).
-        logits: ``[N, n_actions]``; values: ``[N]`` (the policy outputs at each step).
+        logits: ``[N, n_actions]`` (continuous agents: the action means ``[N, action_dim]``, see
+            :class:`rl.agents.PolicyOutput`); values: ``[N]`` (the policy outputs at each step).
         activations: an :class:`~interp_core.ActivationCache` (``[N, ...]`` per site) or an
             :class:`~interp_core.ActivationStore` when collected into one; ``None`` without sites.
         episode_complete: ``[N]`` whether the row's episode ended within the rollout.
@@ -227,6 +228,7 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     recurrent = agent.recurrent
+    continuous = bool(getattr(agent.model, "continuous", False))
     batch_dim = 1 if type(agent.model).__name__ == "SB3PolicyModule" else 0
     record_now = bool(sites) and store is None
     keep_inputs = bool(sites) and store is not None
@@ -273,18 +275,15 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
             if keep_inputs:
                 inputs_log.append((obs_batch, state, starts.copy()))
             logits = out.logits
-            if deterministic:
-                actions = logits.argmax(-1)
-            else:
-                actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[:, 0]
-            actions = actions.cpu().numpy()
+            actions = agent.model.actions(out, deterministic=deterministic, generator=gen).cpu().numpy()
             state = out.state
             new_obs, new_infos = [], []
             done_before = len(completed)
             for i, e in enumerate(envs_):
-                o2, r, term, trunc, info2 = e.step(int(actions[i]))
+                a = actions[i].copy() if continuous else int(actions[i])
+                o2, r, term, trunc, info2 = e.step(a)
                 rows["obs"].append(obs_list[i])
-                rows["actions"].append(int(actions[i]))
+                rows["actions"].append(a)
                 rows["rewards"].append(float(r))
                 rows["terminated"].append(bool(term))
                 rows["truncated"].append(bool(trunc))

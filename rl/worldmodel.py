@@ -11,8 +11,9 @@ reports, on **held-out episodes** (the split is by episode, never by step):
 - ``obs_baseline`` — the same probe on the raw observation (the ``obs`` site): what needs no memory or
   world model at all;
 - ``control`` / ``selectivity`` — Hewitt & Liang (2019, "Designing and Interpreting Probes with Control
-  Tasks"): the probe refitted on control labels (each distinct activation row gets the label of a random
-  row), ``selectivity = score - control``;
+  Tasks"): the probe refitted on control labels, ``selectivity = score - control``. The control task is the
+  suite's one definition (``interp_core.probes.control_labels``): each input *type* — here each distinct
+  observation, the policy's input — gets the label of a random row, the same for every site;
 - ``chance`` — majority-class accuracy on the test rows (0 for R^2);
 - ``visible_rate`` — fraction of probed rows where the env marks the variable visible in the observation
   (0 for future values, k >= 1: they are never in the current observation).
@@ -33,6 +34,9 @@ and a ``verdict``:
   observation, decoded above the observation baseline and above the random-init twin.
 
 Only the last two are findings about memory; the first ones say why a high probe score proves nothing.
+
+All the probes of one variable (every site, the observation baseline, the twin's sites, the control task)
+are fitted together by ``interp_core.probes.fit_and_score``, the routine ``probe_sites`` runs.
 
 :func:`causal_check` then asks whether the agent *uses* the direction: it edits the site's activation
 along the probe's direction so the decoded variable takes a target value, runs closed-loop episodes with
@@ -84,22 +88,6 @@ def _task_of(variable: Any, y: np.ndarray, ordinal_as: str, max_classes: int) ->
     if ordinal_as == "classes" or (ordinal_as == "auto" and np.unique(y).size <= max_classes):
         return "classification"
     return "regression"
-
-
-def _fit_score(task: str, X: torch.Tensor, y: np.ndarray, tr: np.ndarray, te: np.ndarray, l2: float,
-               control_seed: int | None = None) -> tuple[float, Any]:
-    """Held-out score of a probe fitted on ``tr``; with ``control_seed`` on Hewitt-Liang control labels."""
-    from interp_core.probes import control_labels
-
-    if control_seed is not None:
-        types = torch.unique(X, dim=0, return_inverse=True)[1].numpy()
-        y = control_labels(y, types, seed=control_seed)
-    ytr = y[tr]
-    if task == "classification" and np.unique(ytr).size < 2:
-        # one class in training: the probe can only predict it
-        return float(np.mean(y[te] == ytr[0])), None
-    p = make_probe(task, l2).fit(X[tr], ytr)
-    return float(p.score(X[te], y[te])), p
 
 
 def _chance(task: str, y_tr: np.ndarray, y_te: np.ndarray) -> float:
@@ -202,29 +190,57 @@ def _margin(margin: float, task: str, n_test: int) -> float:
 
 
 def _twin_of(agent: Any) -> Any:
+    """The random-init twin of ``agent`` (``rl.agents.random_twin``: the zoo twin of a zoo agent, a rebuilt
+    SB3 policy or a re-initialised plain module), or an error that says how to pass one."""
+    from interp_core.errors import InterpError
+
+    from . import agents as agents_mod
+
+    build = getattr(agents_mod, "random_twin", None)
+    if build is not None:
+        try:
+            return build(agent)
+        except InterpError as e:
+            raise InputError(f"twin: cannot build a random-init twin of {getattr(agent, 'name', agent)!r} "
+                             f"({e}); pass twin=<an Agent of the same architecture at random init> (e.g. "
+                             f"rl.agents.wrap(PPO(same settings).policy)), or twin=None for no twin column") from e
     from . import zoo
 
-    base, seed, _ = zoo.parse_name(agent.name)
+    try:
+        base, seed, _ = zoo.parse_name(agent.name or "")
+    except InputError:
+        base = None
+    if base is None or base not in zoo.names():
+        raise InputError(f"twin: {agent.name!r} is not a zoo agent, so there is no zoo twin to load; pass "
+                         f"twin=<an Agent of the same architecture at random init> (e.g. rl.agents.wrap(PPO(same "
+                         f"settings).policy)), or twin=None for no twin column")
     return zoo.load(base, seed=seed, random_init=True)
+
+
+_UNSET = object()
 
 
 def probe(agent: Any, env: Any = None, variables: Sequence[str] | None = None,
           sites: Sequence[str] | None = None, *, episodes: int = 200, steps: int | None = None, seed: int = 0,
-          n_envs: int = 8, rollout: Rollout | None = None, random_twin: Any = "auto", future: int = 0,
-          when: Callable[[Rollout], np.ndarray] | np.ndarray | None = None, by: str | None = None,
+          n_envs: int = 8, rollout: Rollout | None = None, twin: Any = _UNSET, random_twin: Any = "auto",
+          future: int = 0, when: Callable[[Rollout], np.ndarray] | np.ndarray | None = None, by: str | None = None,
           test_size: float = 0.3, l2: float = 1.0, margin: float = 0.05, ordinal_as: str = "auto",
-          max_classes: int = 12, control: bool = True, threads: int | None = 1) -> WorldModelProbeResult:
+          max_classes: int = 12, control: bool = True, threads: int | None = 1,
+          progress: bool | None = None) -> WorldModelProbeResult:
     """Probe world variables at sites, with controls and a verdict (see the module docstring).
 
     Args:
-        agent: an :class:`rl.agents.Agent`.
+        agent: an :class:`rl.agents.Agent`, or anything the boundary turns into one (an SB3 algorithm or
+            policy: ``interp_core.boundary.as_hooked``).
         env: env id / instance for the rollouts (default: the agent's env).
         variables: world variables to probe (default: all the env records).
         sites: sites to probe (default: the agent's canonical sites except ``obs``, ``logits``, ``value``).
         episodes / steps: size of the rollout (complete episodes, or time steps).
         rollout: probe an existing rollout instead (it must hold the sites and ``obs``).
-        random_twin: an Agent of the same architecture at random init, ``"auto"`` (the zoo twin of a zoo
-            agent) or ``None`` (no twin column).
+        twin: the random-init twin: an Agent of the same architecture at random init, ``"auto"`` (default:
+            ``rl.agents.random_twin`` — the zoo twin of a zoo agent, a rebuilt SB3 policy, a re-initialised
+            plain module; a clear error when none can be built) or ``None`` (no twin column).
+            ``random_twin=`` is the same argument under its older name.
         future: also probe each variable ``k = 1..future`` steps ahead (rows whose episode has that step).
         when: rows to probe: a boolean ``[N]`` mask or ``fn(rollout) -> mask`` (e.g. corridor steps only).
         by: a world variable whose values split the held-out accuracy in ``breakdown`` (e.g. ``"position"``).
@@ -232,21 +248,33 @@ def probe(agent: Any, env: Any = None, variables: Sequence[str] | None = None,
         l2: probe regularisation; margin: tolerance of the verdict comparisons.
         ordinal_as: ``"auto"`` (classes when <= ``max_classes`` levels, else regression), ``"classes"`` or
             ``"regression"``.
-        control: compute the Hewitt & Liang control task.
+        control: compute the Hewitt & Liang control task (types = distinct observations).
         threads: torch intra-op threads while fitting (the probes here are small: on a loaded machine more
             threads mostly add synchronisation); ``None`` leaves torch's setting.
+        progress: a progress bar over the variables (``None``: only on a terminal).
     """
+    from interp_core.boundary import as_hooked
+
     from .agents import _threads
 
+    if twin is not _UNSET and not (isinstance(random_twin, str) and random_twin == "auto"):
+        raise InputError("twin and random_twin are the same argument; give one of them")
+    chosen = twin if twin is not _UNSET else random_twin
+    agent = as_hooked(agent, argument="agent")
     with _threads(threads):
-        return _probe(agent, env, variables, sites, episodes, steps, seed, n_envs, rollout, random_twin, future,
-                      when, by, test_size, l2, margin, ordinal_as, max_classes, control)
+        return _probe(agent, env, variables, sites, episodes, steps, seed, n_envs, rollout, chosen, future,
+                      when, by, test_size, l2, margin, ordinal_as, max_classes, control, progress)
 
 
 def _probe(agent, env, variables, sites, episodes, steps, seed, n_envs, rollout, random_twin, future, when, by,
-           test_size, l2, margin, ordinal_as, max_classes, control) -> WorldModelProbeResult:
-    from interp_core.probes import train_test_split_by_group
+           test_size, l2, margin, ordinal_as, max_classes, control, progress) -> WorldModelProbeResult:
+    from tqdm.auto import tqdm
 
+    from interp_core.boundary import as_hooked
+    from interp_core.probes import control_labels, fit_and_score, input_types, train_test_split_by_group
+
+    if not 0 < test_size < 1:
+        raise InputError(f"test_size: must be in (0, 1), got {test_size}")
     if sites is None:
         sites = [s for s in agent.default_sites if s not in ("obs", "logits", "value")]
     sites = list(sites)
@@ -260,6 +288,10 @@ def _probe(agent, env, variables, sites, episodes, steps, seed, n_envs, rollout,
     for v in variables:
         rollout.variable(v)
     twin = _twin_of(agent) if isinstance(random_twin, str) and random_twin == "auto" else random_twin
+    if isinstance(twin, str):
+        raise InputError(f"twin: expected an Agent, 'auto' or None, got {twin!r}")
+    if twin is not None:
+        twin = as_hooked(twin, argument="twin")
     twin_acts = replay(twin, rollout, sites) if twin is not None else None
     base_mask = np.ones(len(rollout), dtype=bool)
     if when is not None:
@@ -269,59 +301,78 @@ def _probe(agent, env, variables, sites, episodes, steps, seed, n_envs, rollout,
     is_test[te_all] = True
     feats = {s: rollout.features(s).float() for s in want}
     twin_feats = {s: twin_acts[s].reshape(len(rollout), -1).float() for s in sites} if twin_acts else {}
+    # Hewitt & Liang control task by input type: the input of a policy step is its observation
+    obs_types = input_types(np.asarray(rollout.obs)) if control else None
     rows, probes_, breakdown = [], {}, {}
-    for var_name in variables:
+    plan = [(v, k) for v in variables for k in range(future + 1)]
+    for var_name, k in tqdm(plan, desc="world-model probes", disable=None if progress is None else not progress,
+                            leave=False):
         var = rollout.variable(var_name)
-        for k in range(future + 1):
-            y_all, valid = rollout.future(var_name, k) if k else (rollout.world[var_name], np.ones(len(rollout), bool))
-            mask = base_mask & valid
-            tr, te = np.flatnonzero(mask & ~is_test), np.flatnonzero(mask & is_test)
-            if tr.size < 2 or te.size < 1:
-                log.warning("variable %s (k=%d): too few rows (%d train, %d test); skipped", var_name, k,
-                            tr.size, te.size)
-                continue
-            y = np.asarray(y_all)
-            task = _task_of(var, y[mask], ordinal_as, max_classes)
-            if task == "regression":
-                y = y.astype(np.float64)
-            chance = _chance(task, y[tr], y[te])
-            verdict_margin = _margin(margin, task, te.size)
-            obs_score, obs_probe = _fit_score(task, feats["obs"], y, tr, te, l2)
-            # a future value is never in the current observation
-            vis_rate = float(rollout.visible[var_name][mask].mean()) if k == 0 else 0.0
-            constant = np.unique(y[mask]).size < 2
-            for site in sites:
-                score, p = _fit_score(task, feats[site], y, tr, te, l2)
-                twin_score = _fit_score(task, twin_feats[site], y, tr, te, l2)[0] if twin_feats else None
-                ctrl = _fit_score(task, feats[site], y, tr, te, l2, control_seed=seed)[0] if control else None
-                rows.append({
-                    "site": site, "variable": var_name, "k": k, "kind": var.kind, "task": task,
-                    "metric": "accuracy" if task == "classification" else "r2", "score": score,
-                    "random_init": twin_score, "obs_baseline": obs_score, "control": ctrl,
-                    "selectivity": None if ctrl is None else score - ctrl, "chance": chance,
-                    "visible_rate": vis_rate,
-                    "verdict": _verdict(score, obs_score, twin_score, chance, vis_rate, verdict_margin, constant),
-                    "n_train": int(tr.size), "n_test": int(te.size)})
-                probes_[(site, var_name, k)] = p
-                if by is not None and task == "classification" and p is not None:
-                    groups = rollout.world[by][te]
-                    pred = p.predict(feats[site][te])
-                    tw = make_probe(task, l2).fit(twin_feats[site][tr], y[tr]).predict(twin_feats[site][te]) \
-                        if twin_feats and np.unique(y[tr]).size > 1 else None
-                    op = obs_probe.predict(feats["obs"][te]) if obs_probe is not None else np.full(te.size, y[tr][0])
-                    table = {}
-                    for g in np.unique(groups):
-                        sel = groups == g
-                        table[g.item() if hasattr(g, "item") else g] = {
-                            "score": float(np.mean(pred[sel] == y[te][sel])),
-                            "random_init": None if tw is None else float(np.mean(tw[sel] == y[te][sel])),
-                            "obs_baseline": float(np.mean(op[sel] == y[te][sel])), "n": int(sel.sum())}
-                    breakdown[f"{site}|{var_name}|{k}"] = table
+        y_all, valid = rollout.future(var_name, k) if k else (rollout.world[var_name], np.ones(len(rollout), bool))
+        mask = base_mask & valid
+        tr, te = np.flatnonzero(mask & ~is_test), np.flatnonzero(mask & is_test)
+        if tr.size < 2 or te.size < 1:
+            log.warning("variable %s (k=%d): too few rows (%d train, %d test); skipped", var_name, k,
+                        tr.size, te.size)
+            continue
+        y = np.asarray(y_all)
+        task = _task_of(var, y[mask], ordinal_as, max_classes)
+        if task == "regression":
+            y = y.astype(np.float64)
+        chance = _chance(task, y[tr], y[te])
+        verdict_margin = _margin(margin, task, te.size)
+        tr_t, te_t = torch.as_tensor(tr), torch.as_tensor(te)
+        jobs: dict[tuple[str, str], Any] = {("obs", "obs"): (feats["obs"][tr_t], y[tr], feats["obs"][te_t], y[te])}
+        yc = control_labels(y, obs_types, seed=seed) if control else None
+        for site in sites:
+            X = feats[site]
+            jobs[("site", site)] = (X[tr_t], y[tr], X[te_t], y[te])
+            if twin_feats:
+                jobs[("twin", site)] = (twin_feats[site][tr_t], y[tr], twin_feats[site][te_t], y[te])
+            if control:
+                jobs[("control", site)] = (X[tr_t], yc[tr], X[te_t], yc[te])
+        done = fit_and_score(make_probe(task, l2), jobs)
+        obs_probe, _, obs_score = done[("obs", "obs")]
+        # a future value is never in the current observation
+        vis_rate = float(rollout.visible[var_name][mask].mean()) if k == 0 else 0.0
+        constant = np.unique(y[mask]).size < 2
+        for site in sites:
+            p, _, score = done[("site", site)]
+            twin_probe, _, twin_score = done[("twin", site)] if twin_feats else (None, None, None)
+            ctrl = done[("control", site)][2] if control else None
+            rows.append({
+                "site": site, "variable": var_name, "k": k, "kind": var.kind, "task": task,
+                "metric": "accuracy" if task == "classification" else "r2", "score": score,
+                "random_init": twin_score, "obs_baseline": obs_score, "control": ctrl,
+                "selectivity": None if ctrl is None else score - ctrl, "chance": chance,
+                "visible_rate": vis_rate,
+                "verdict": _verdict(score, obs_score, twin_score, chance, vis_rate, verdict_margin, constant),
+                "n_train": int(tr.size), "n_test": int(te.size)})
+            probes_[(site, var_name, k)] = p
+            if by is not None and task == "classification" and p is not None:
+                groups = rollout.world[by][te]
+
+                def predict(q: Any, X: torch.Tensor) -> np.ndarray:
+                    return q.predict(X) if q is not None else np.full(te.size, y[tr][0])
+
+                pred = predict(p, feats[site][te_t])
+                tw = predict(twin_probe, twin_feats[site][te_t]) if twin_feats else None
+                op = predict(obs_probe, feats["obs"][te_t])
+                table = {}
+                for g in np.unique(groups):
+                    sel = groups == g
+                    table[g.item() if hasattr(g, "item") else g] = {
+                        "score": float(np.mean(pred[sel] == y[te][sel])),
+                        "random_init": None if tw is None else float(np.mean(tw[sel] == y[te][sel])),
+                        "obs_baseline": float(np.mean(op[sel] == y[te][sel])), "n": int(sel.sum())}
+                breakdown[f"{site}|{var_name}|{k}"] = table
     config = {"agent": getattr(agent, "name", None), "random_twin": getattr(twin, "name", None),
               "rollout": rollout.config, "rows": len(rollout), "episodes": rollout.num_episodes,
               "variables": variables, "sites": sites, "future": future, "test_size": test_size, "l2": l2,
               "margin": margin, "split": "by episode", "seed": seed, "by": by,
-              "probe": "interp_core.probes.LinearProbe (logistic for classes, ridge for regression)"}
+              "control": "Hewitt & Liang by input type (distinct observations)" if control else None,
+              "probe": "interp_core.probes.LinearProbe (logistic for classes, ridge for regression), fitted "
+                       "together by interp_core.probes.fit_and_score"}
     return WorldModelProbeResult(rows, breakdown, probes_, config)
 
 
@@ -365,23 +416,18 @@ class CausalCheckResult(Result):
         return fig
 
 
-def _t_quantile(level: float, df: int) -> float:
-    try:
-        from scipy.stats import t
-
-        return float(t.ppf(0.5 + level / 2, df))
-    except ImportError:  # pragma: no cover - scipy ships with scikit-learn
-        return 1.96
-
-
 def _ci(values: Sequence[float], level: float, rate: bool = False) -> dict[str, Any]:
-    """Mean and t confidence interval (clipped to [0, 1] for rates)."""
+    """Mean and Student-t confidence interval of the mean (``scipy.stats.ttest_1samp(...).confidence_interval``;
+    clipped to [0, 1] for rates). Fewer than two values, or values that are all equal, give a zero-width
+    interval."""
+    from scipy.stats import ttest_1samp
+
     v = np.asarray(values, dtype=float)
     mean = float(v.mean())
-    if v.size < 2:
+    if v.size < 2 or float(v.std()) == 0.0:
         return {"mean": mean, "low": mean, "high": mean, "values": v.tolist()}
-    half = _t_quantile(level, v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
-    low, high = mean - half, mean + half
+    ci = ttest_1samp(v, 0.0).confidence_interval(confidence_level=level)
+    low, high = float(ci.low), float(ci.high)
     if rate:
         low, high = max(0.0, low), min(1.0, high)
     return {"mean": mean, "low": low, "high": high, "values": v.tolist()}
@@ -459,6 +505,24 @@ def _episodes(agent: Any, env_seeds: Sequence[int], site: str | None, edit: Call
             "decoded": decoded}
 
 
+def _check_binary(rollout: Rollout, variable: str, y: np.ndarray) -> None:
+    """Refuse a variable that is not binary on the probe rows, saying what it is (never listing thousands of
+    values) and what to do instead."""
+    classes = np.unique(y)
+    if classes.size == 2:
+        return
+    kind = rollout.variable(variable).kind
+    if classes.size < 2:
+        raise InputError(f"variable: {variable!r} takes a single value ({classes[0]!r}) on the {len(y)} probe rows; "
+                         f"nothing to edit — choose probe_when= rows where it varies, or another variable")
+    shown = f" ({classes.tolist()})" if classes.size <= 10 else ""
+    what = "a continuous variable" if kind == "continuous" else f"a {kind} variable"
+    raise InputError(f"variable: causal_check edits binary variables; {variable!r} is {what} with {classes.size} "
+                     f"distinct values on the probe rows{shown}; bin it into two classes (e.g. a wrapper that "
+                     f"records {variable} > threshold as its own world variable) or choose a binary categorical "
+                     f"variable")
+
+
 def causal_check(agents: Any, site: str, variable: str, *, target: Any = "flip", strength: float = 1.0,
                  direction: str = "probe", episodes: int = 100, seeds: Sequence[int] = (0, 1, 2),
                  probe_episodes: int = 200, probe_when: Callable[[Rollout], np.ndarray] | None = None,
@@ -486,7 +550,10 @@ def causal_check(agents: Any, site: str, variable: str, *, target: Any = "flip",
 
     if direction not in ("probe", "mean_diff"):
         raise InputError(f"direction must be 'probe' or 'mean_diff', got {direction!r}")
-    agent_list = list(agents) if isinstance(agents, (list, tuple)) else [agents]
+    from interp_core.boundary import as_hooked
+
+    agent_list = [as_hooked(a, argument="agents")
+                  for a in (list(agents) if isinstance(agents, (list, tuple)) else [agents])]
     units = []
     base_success = []
     for agent in agent_list:
@@ -494,11 +561,8 @@ def causal_check(agents: Any, site: str, variable: str, *, target: Any = "flip",
         mask = np.ones(len(ro), dtype=bool) if probe_when is None else np.asarray(probe_when(ro), dtype=bool)
         X = ro.features(site)[mask].float()
         y = np.asarray(ro.world[variable])[mask]
-        classes = np.unique(y)
-        if classes.size != 2:
-            raise InputError(f"causal_check edits binary variables; {variable!r} takes {classes.size} values "
-                             f"on the probe rows ({classes.tolist()})")
-        p = LinearProbe("logistic", l2=l2, standardize=False, max_iter=1000).fit(X, y)
+        _check_binary(ro, variable, y)
+        p = LinearProbe(kind="logistic", l2=l2, standardize=False, max_iter=1000).fit(X, y)
         neg, pos = p.classes_.tolist()
         if direction == "probe":
             w = p.coef_[0].float()

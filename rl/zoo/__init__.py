@@ -28,7 +28,9 @@ Each in seeds 0, 1, 2 (``NAME@seedN``; the bare name is seed 0), trained by
 policy's ``state_dict`` as safetensors beside a JSON card (env, steps, seed, evaluation over 100 episodes,
 train time, command): ``load(...).card``. The **random-init twin** of each architecture —
 ``load(NAME, random_init=True)`` or ``load("NAME-random@seedN")`` — has the same modules initialised by SB3
-from the seed and never trained: the control for probes.
+from the seed and never trained: the control for probes. For an agent that is not from the zoo (your own SB3
+model, any algorithm, or a plain policy), :func:`rl.agents.random_twin` builds the twin from its class,
+architecture and a seed; on a zoo agent it returns exactly ``load(NAME, random_init=True)``.
 """
 
 from __future__ import annotations

@@ -105,3 +105,60 @@ def test_core_attribution_saliency_over_the_grid_image():
         gap = agent(obs).value - agent(torch.zeros_like(obs)).value
     total = torch.as_tensor(ig.attributions).reshape(3, -1).sum(1)
     torch.testing.assert_close(total, gap, atol=0.05 * float(gap.abs().max()) + 1e-3, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- continuous
+def _gaussian_out(kind: str = "gaussian"):
+    from rl.agents import PolicyOutput
+
+    g = torch.Generator().manual_seed(0)
+    mean, log_std = torch.randn(4, 3, generator=g), 0.3 * torch.randn(4, 3, generator=g)
+    return PolicyOutput(mean, torch.zeros(4), None, log_std, kind)
+
+
+def test_gaussian_log_prob_closed_form():
+    out = _gaussian_out()
+    a = torch.randn(4, 3)
+    mu, sigma = out.logits, out.log_std.exp()
+    closed = (-0.5 * ((a - mu) / sigma) ** 2 - out.log_std - 0.5 * np.log(2 * np.pi)).sum(-1)
+    torch.testing.assert_close(metrics.gaussian_log_prob(a)(out), closed)
+    # one action for the whole batch, [action_dim]
+    torch.testing.assert_close(metrics.gaussian_log_prob(a[0])(out),
+                               (-0.5 * ((a[0] - mu) / sigma) ** 2 - out.log_std - 0.5 * np.log(2 * np.pi)).sum(-1))
+    torch.testing.assert_close(metrics.action_mean(2)(out), mu[:, 2])
+    torch.testing.assert_close(metrics.action_log_std(1)(out), out.log_std[:, 1])
+    torch.testing.assert_close(metrics.chosen_action_log_prob()(out),
+                               (-out.log_std - 0.5 * np.log(2 * np.pi)).sum(-1))
+    with pytest.raises(ValueError, match="action_dim"):
+        metrics.gaussian_log_prob(torch.zeros(4, 2))(out)
+
+
+def test_squashed_gaussian_log_prob_is_tanh_change_of_variables():
+    out = _gaussian_out("squashed_gaussian")
+    a = torch.rand(4, 3) * 1.6 - 0.8
+    base = torch.distributions.Normal(out.logits, out.log_std.exp())
+    tanh = torch.distributions.TransformedDistribution(base, [torch.distributions.TanhTransform()])
+    torch.testing.assert_close(metrics.gaussian_log_prob(a)(out), tanh.log_prob(a).sum(-1), rtol=1e-4, atol=1e-4)
+
+
+def test_categorical_metrics_refuse_continuous_and_episode_outputs():
+    out = _gaussian_out()
+    with pytest.raises(ValueError, match="continuous"):
+        metrics.action_log_prob(0)(out)
+    with pytest.raises(ValueError, match="continuous-action"):
+        metrics.action_mean(0)(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="at_step"):
+        metrics.action_log_prob(0)(torch.zeros(2, 5, 3))
+
+
+def test_at_step_reads_one_step_of_an_episode():
+    from rl.sequence import EpisodeOutput
+
+    logits, value = torch.randn(2, 5, 3), torch.randn(2, 5)
+    ep = EpisodeOutput(logits, value, None)
+    for t in (0, 2, -1):
+        torch.testing.assert_close(metrics.at_step(metrics.action_logit_diff(2, 0), t)(ep),
+                                   logits[:, t, 2] - logits[:, t, 0])
+        torch.testing.assert_close(metrics.at_step(metrics.value(), t)(ep), value[:, t])
+    with pytest.raises(TypeError, match="episode output"):
+        metrics.at_step(metrics.value())(torch.zeros(2, 3))

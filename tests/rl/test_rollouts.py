@@ -233,3 +233,20 @@ def test_progress_bar_only_when_asked(capsys):
     rl.collect(agent, episodes=1, seed=0, progress=False)
     rl.collect(agent, steps=20, seed=0)  # None: only on a terminal, and pytest's capture is not one
     assert capsys.readouterr().err == ""
+
+
+def test_continuous_agent_rollout_replay_and_save(tmp_path):
+    """A SAC agent (continuous actions): [N, action_dim] actions, as SB3's predict gives them; replaying the
+    recorded observations gives the recorded means; the arrays save."""
+    from stable_baselines3 import SAC
+
+    from rl.rollouts import replay
+
+    model = SAC("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", buffer_size=100, policy_kwargs=dict(net_arch=[8]))
+    agent = rl.agents.wrap(model)
+    ro = rl.collect(agent, "Pendulum-v1", steps=10, sites=["logits", "critic.q0"])
+    assert ro.actions.shape == (10, 1) and ro.activations["critic.q0"].shape == (10, 1)
+    np.testing.assert_allclose(ro.actions, model.predict(ro.obs, deterministic=True)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(replay(agent, ro, ["logits"])["logits"].numpy(), ro.logits, rtol=1e-6, atol=1e-6)
+    saved = np.load(ro.save(tmp_path / "ro"))
+    np.testing.assert_array_equal(saved["actions"], ro.actions)
