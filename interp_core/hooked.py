@@ -189,11 +189,13 @@ class HookedModel:
                 yield self
             return
         flags = [(m, m.training) for m in self.model.modules()]
+        warned, self._warned_train = self._warned_train, True  # train mode asked for: no warning
         with self._buffers_kept():
             self.model.train()
             try:
                 yield self
             finally:
+                self._warned_train = warned
                 for m, f in flags:
                     m.training = f
 

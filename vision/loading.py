@@ -69,7 +69,8 @@ def claim(model: Any) -> ViTAdapter | SwinAdapter | CNNAdapter | None:
     ``HookedModel(model)`` and :func:`wrap` therefore give the same sites."""
     if not isinstance(model, nn.Module):
         return None
-    if is_swin(model) or is_vit(model):
+    from_timm = any(type(m).__module__.startswith("timm.") for m in model.modules())
+    if from_timm and (is_swin(model) or is_vit(model)):  # timm is imported only for models built from it
         adapter: ViTAdapter | SwinAdapter | CNNAdapter = adapter_for(model)
         adapter.priority = 10
         return adapter

@@ -262,7 +262,8 @@ def test_analysis_modes_restore_flags_and_buffers():
     with hm.analysis():
         assert not any(m.training for m in net.modules())
         a = hm(torch.randn(2, 3, 8, 8))
-    with hm.analysis(train=True):
+    with hm.analysis(train=True), warnings.catch_warnings():
+        warnings.simplefilter("error")  # train mode was asked for: no train-mode warning
         assert all(m.training for m in net.modules())
         hm(torch.randn(8, 3, 8, 8))  # batch statistics are used ...
     assert [m.training for m in net.modules()] == flags
