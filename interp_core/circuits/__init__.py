@@ -19,8 +19,9 @@
 
 from .circuit import Circuit
 from .faithfulness import FaithfulnessCurve, completeness, faithfulness, faithfulness_curve, minimality
-from .graph import CircuitGraph, Node, RecurrentGraph, SequentialGraph, ViTGraph, build_graph
+from .graph import CircuitGraph, Node, SequentialGraph, ViTGraph, build_graph
 from .prune import acdc, top_k
+from .recurrent import RecurrentGraph
 from .scoring import EdgeScores, eap, eap_ig, edge_patching, node_attribution
 from .scrubbing import ScrubbingResult, causal_scrubbing
 
