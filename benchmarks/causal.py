@@ -160,6 +160,19 @@ def bench(name: str, make, n: int, reps: int) -> dict:
                         "iia_ratio_wall": ev["variants"]["suite"]["ratio_wall"]}}
 
 
+def claims(results: dict) -> list[dict]:
+    """The claims this benchmark checks (see ``python -m benchmarks``): the suite's DAS epoch and IIA evaluation
+    against the same computation written in plain PyTorch (hooks and a rotation), wall-time ratio."""
+    out = []
+    for r in results["runs"]:
+        s = r["summary"]
+        for what, key in (("DAS training epoch", "das_ratio_wall"), ("IIA evaluation", "iia_ratio_wall")):
+            out.append({"claim": f"{what} vs plain PyTorch, {r['model']}, {results['pairs']} pairs", "value": s[key],
+                        "unit": "x", "target": "<= 1.2", "met": s[key] <= 1.2,
+                        "command": "python benchmarks/causal.py"})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", type=int, default=2048)
@@ -175,6 +188,7 @@ def main() -> None:
         print(f"{r['model']:<24} DAS {s['das_rows_per_s_suite']:8.0f} rows/s (plain {s['das_rows_per_s_plain']:8.0f}, "
               f"ratio {s['das_ratio_wall']:.2f})   IIA {s['iia_rows_per_s_suite']:8.0f} rows/s (plain "
               f"{s['iia_rows_per_s_plain']:8.0f}, ratio {s['iia_ratio_wall']:.2f})")
+    results["claims"] = claims(results)
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "causal.json").write_text(json.dumps(results, indent=1))

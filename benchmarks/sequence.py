@@ -100,6 +100,18 @@ def time_axis(model: EpisodeModel, clean: torch.Tensor, corrupted: torch.Tensor,
     return res.metric_values["memory.h"].tolist()
 
 
+def claims(out: dict) -> list[dict]:
+    """The claims this benchmark checks (see ``python -m benchmarks``): every step of ``memory.h`` patched in one
+    time-axis sweep against the plain-PyTorch step-by-step loop (one unroll per patched step), CPU time."""
+    res = []
+    for name, case in out["cases"].items():
+        r = case["variants"]["time_axis"]["ratio_cpu"]
+        res.append({"claim": f"time-axis patch sweep of memory.h vs plain step loop, {name}, "
+                             f"{case['episodes']} episodes", "value": r, "unit": "x", "target": "<= 1.2",
+                    "met": r <= 1.2, "command": "python benchmarks/sequence.py"})
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
@@ -131,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"benchmark": "time-axis patching of memory.h (EpisodeModel + patch_sweep) vs step-by-step loops",
            "agent": agent.name, "site": "memory.h", "metric": metric.name, "baseline": "hand_loop",
            "equal_to_hand_loop_atol": 1e-5, "cases": cases, "machine": machine(), "pools": pools()}
+    out["claims"] = claims(out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     return 0
