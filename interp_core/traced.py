@@ -120,9 +120,22 @@ class TracedCache:
         used = {str(n.target) for n in graph.nodes if n.op == "call_module"}
         inlined = [m for path, m in self.model.named_modules()
                    if path not in used and not any(path.startswith(u + ".") for u in used)]
+        _flatten_module_calls(gm)
         axes = {s.name: (s.axes if pools.get(s.name) is None or "pos" not in s.axes
                          else tuple(a for a in s.axes if a != "pos")) for s in sites}
         return gm, inlined, axes, {s.name: s for s in sites}
+
+
+def _flatten_module_calls(gm: fx.GraphModule) -> None:
+    """Call each module through one plain instance attribute (``self._m3(x)``) instead of ``nn.Module``'s
+    ``__getattr__`` chain (``getattr(self.policy.net, "0")(x)``): the same modules, a few microseconds less per
+    forward at batch 1. The aliases live in the instance ``__dict__`` only (not submodules: ``state_dict`` and
+    ``modules()`` are unchanged)."""
+    for i, node in enumerate(n for n in gm.graph.nodes if n.op == "call_module"):
+        alias = f"_m{i}"
+        gm.__dict__[alias] = gm.get_submodule(str(node.target))
+        node.target = alias
+    gm.recompile()
 
 
 def usable(model: nn.Module, modules: Sequence[nn.Module], inlined: Sequence[nn.Module]) -> bool:
