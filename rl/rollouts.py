@@ -230,8 +230,11 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
     recurrent = agent.recurrent
     continuous = bool(getattr(agent.model, "continuous", False))
     batch_dim = 1 if type(agent.model).__name__ == "SB3PolicyModule" else 0
-    record_now = bool(sites) and store is None
-    keep_inputs = bool(sites) and store is not None
+    # Activations are recorded by replaying the logged inputs (and recurrent states) in batches after the
+    # rollout, into a store or into memory: hooks firing at every step cost more than a small policy's forward.
+    # Only with interventions (which may act at given steps) are they recorded by hooks during the rollout.
+    record_now = bool(sites) and store is None and bool(interventions)
+    keep_inputs = bool(sites) and not record_now
 
     rows: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "terminated", "truncated", "episode",
                                               "step", "env_index", "logits", "values")}
@@ -325,6 +328,11 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
     if record_now:
         acts = ActivationCache({k: torch.cat(v) for k, v in recorded.items()}, rec_axes,
                                {k: agent.sites[k] for k in sites})
+    elif keep_inputs and store is None:
+        with agent.analysis():
+            acts = ActivationCache.cat([agent.run_with_cache(b, sites=sites, pool=pool)[1]
+                                        for b in _replay(inputs_log, np.ones(n, dtype=bool), store_chunk,
+                                                         recurrent, batch_dim)])
     elif keep_inputs:
         with agent.analysis():
             acts = ActivationStore.collect(agent, _replay(inputs_log, keep, store_chunk, recurrent, batch_dim),
@@ -346,7 +354,7 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
         values=np.concatenate(rows["values"]) if n else np.zeros((0,)),
         activations=acts, episode_complete=complete, config=config)
     if episodes is not None:
-        stored = ro.activations if keep_inputs else None
+        stored = ro.activations if keep_inputs and store is not None else None
         ro = ro.subset(keep) if stored is None else _subset_keep_store(ro, keep, stored)
     return ro
 
