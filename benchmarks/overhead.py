@@ -176,6 +176,8 @@ def claims(results):
         out.append({"claim": f"reference: plain torch hooks per call, {r['model']}", "value": hooks, "unit": "x",
                     "target": "—", "met": None, "command": cmd + " --only batch1"})
     for r in results.get("forward_with_cache", []):
+        if "ratio_to_bare_cpu" not in r:  # written by an older version of this script: rerun with --only batch8
+            continue
         ours = r["ratio_to_bare_cpu"]["interp_suite"]
         out.append({"claim": f"run_with_cache of every block vs bare forward, batch 8, {r['model']} (CPU time)",
                     "value": ours, "unit": "x", "target": "<= 1.05", "met": ours <= 1.05,

@@ -1,166 +1,298 @@
-"""Patching throughput: batched exact patching and attribution patching against the one-forward-per-patch loop.
+"""Exact patching against plain PyTorch: ``patch_sweep`` vs the loops anyone would write by hand.
 
-Sweeps (CPU, one thread, one clean/corrupted pair, every layer x every unit):
+Baselines (plain PyTorch, no interp_core on their path):
 
-- the tiny digits ViT of ``vision.zoo`` (``digits-vit``): the residual stream at every layer (``blocks.{i}.resid_pre``
-  and the last ``resid_post``) x every token;
-- the CartPole policy MLP of ``rl.zoo`` (``cartpole-ppo``): every hidden layer x every unit;
-- timm ``vit_tiny_patch16_224`` at random init (12 blocks x 197 tokens).
+- **hook loop**: one forward per patch; a ``register_forward_hook`` (or pre-hook, for a block's input)
+  writes the clean activation at one unit; the metric is computed on the output.
+- **batched loop** (the compute floor): the base input's activation at the site is recorded once, ``k``
+  copies are stacked with one unit of each copy set to the clean value, and only the modules *after* the
+  site run on them (for a ViT: ``blocks[i+1:]`` (or ``blocks[i:]`` for a block's input), ``norm``,
+  ``forward_head``; for the policy: the rest of its MLP and the action head). ``k`` is the number of patches
+  per chunk ``patch_sweep`` chooses by default (equal settings: the same rows per forward).
 
-For each: patches/s of ``patch_sweep`` (patches stacked along the batch, each patched run starting at the
-patched layer), of the loop (one ``run_with_interventions`` per patch; on vit_tiny timed on a stratified
-subset of 12 x 16 patches, since it costs a full forward per patch whatever the unit), of
-``attribution_patching``, and of nnsight's per-patch trace when the ``bench`` extra is installed.
-Small models: interleaved repetitions, medians. Targets (issue 5): batched >= 5x the loop on the small
-models; prefix reuse >= 1.7x the loop on vit_tiny (compute floor ~1.85x); attribution >= 100x the loop.
+Both baselines, like ``patch_sweep``, first run the clean and corrupted inputs once. Sweeps (CPU, one
+torch / BLAS thread, one clean/corrupted pair, every token or unit of each site):
 
-Run: ``python benchmarks/patching.py``; writes ``benchmarks/results/patching.json``.
+- timm ``vit_tiny_patch16_224`` at 224x224, random init: by default the outputs of blocks 9, 10 and 11
+  (``blocks.{9,10,11}``) x all 197 tokens = 591 patches (``--blocks 0-11`` for the full 12 x 197 grid; it
+  costs ~30 s per variant and repetition on one free core, too long for the shared machine). The hook loop is
+  timed on 4 evenly spaced tokens per site (12 forwards; it costs one full forward per patch whatever the
+  unit) and compared as patches per second;
+- ``vision.zoo`` ``digits-vit``: the residual stream ``blocks.{0,1,2}.resid_pre`` (block inputs) and
+  ``blocks.2.resid_post`` x every token (full grid for all variants);
+- ``rl.zoo`` ``cartpole-ppo``: the actor MLP ``policy.{0,1,2,3}`` x every unit (full grid), metric
+  ``logit(0) - logit(1)``.
+
+Timing (:mod:`benchmarks._timing`): variants interleaved in a shuffled order per repetition after a warm-up,
+wall and process CPU time per repetition, medians of the paired per-repetition throughput ratios, load
+average recorded before and after. Claims, on process CPU time (one thread, so it is the work done; wall time
+is recorded beside it, but on a machine loaded past its cores it mostly measures the wait for a core):
+``patch_sweep`` >= the batched loop (ratio >= 1.0: the suite's overhead on top of the compute floor), and its
+ratio to the hook loop.
+
+Run: ``python benchmarks/patching.py [--reps 7] [--blocks 9-11] [--skip-large]``; writes
+``benchmarks/results/patching.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
-import time
-from pathlib import Path
+import os
+import sys
 
-import timm
-import torch
+try:
+    from benchmarks._timing import machine, paired, pin_threads, pools
+except ImportError:  # run as a script from the benchmarks folder
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _timing import machine, paired, pin_threads, pools
 
-from interp_core import HookedModel
-from interp_core.interventions import Patch
-from interp_core.metrics import logit_diff
-from interp_core.patching import attribution_patching, patch_sweep
+pin_threads(1)  # before numpy / torch / sklearn create their thread pools
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import statistics  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+from interp_core import HookedModel  # noqa: E402
+from interp_core.patching import AUTO_CHUNK_VALUES, AUTO_MAX_ROWS, patch_sweep  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+COMMAND = "python benchmarks/patching.py"
 
 
-def loop(hm, clean, corrupted, sites, metric, units_per_site=None):
-    """One forward per patch; returns the number of patches done."""
-    _, cc = hm.run_with_cache(clean, sites=sites)
-    n = 0
-    with torch.no_grad():
-        for s in sites:
-            axes = hm.sites[s].axes
-            if "pos" in axes:
-                count = cc[s].shape[axes.index("pos")]
-                units = range(count) if units_per_site is None else \
-                    torch.linspace(0, count - 1, units_per_site).long().tolist()
-                for u in units:
-                    metric(hm.run_with_interventions(corrupted, {s: Patch(cc, positions=u)}))
-                    n += 1
-            else:
-                for u in range(cc[s].shape[-1]):
-                    metric(hm.run_with_interventions(corrupted, {s: Patch(cc, features=[u])}))
-                    n += 1
-    return n
+def chunk_patches(site_shape, batch: int) -> int:
+    """Patches per stacked forward that ``patch_sweep`` chooses by default (its module docstring)."""
+    rows = min(AUTO_MAX_ROWS, AUTO_CHUNK_VALUES // max(1, math.prod(site_shape)))
+    return max(1, rows // batch)
 
 
-def nnsight_loop(model, clean, corrupted, paths, units_per_site=None):
+# ---------------------------------------------------------------------------------------------- plain loops
+def record(targets, x, model):
+    """Each target module's output (or first input) on ``x``, recorded by plain hooks in one forward."""
+    got, handles = {}, []
+    for i, (module, kind) in enumerate(targets):
+        if kind == "output":
+            handles.append(module.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(i, o.detach().clone())))
+        else:
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, i=i: got.__setitem__(i, a[0].detach().clone())))
     try:
-        import nnsight
-        from nnsight import NNsight
-    except ImportError:
-        return None
-    nm = NNsight(model)
-    envoys = []
-    for p in paths:
-        e = nm
-        for part in p.split("."):
-            e = e[int(part)] if part.isdigit() else getattr(e, part)
-        envoys.append(e)
-    with torch.no_grad():
-        with nm.trace(clean):
-            clean_acts = nnsight.save([])  # nnsight >= 0.5: a saved container, filled inside the trace
-            for e in envoys:
-                clean_acts.append(e.output)
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return [got[i] for i in range(len(targets))]
+
+
+def hook_loop(model, clean, corrupted, targets, diff, units_per_site=None):
+    """One forward per patch. ``targets``: ``[(module, kind, n_units)]``; a unit is index 1 of the activation
+    (a token of ``[B, pos, d]``, a unit of ``[B, d]``). Returns the number of patches run."""
     n = 0
     with torch.no_grad():
-        for e, act in zip(envoys, clean_acts):
-            count = act.shape[1]
+        sources = record([t[:2] for t in targets], clean, model)
+        for (module, kind, count), src in zip(targets, sources):
             units = range(count) if units_per_site is None else \
                 torch.linspace(0, count - 1, units_per_site).long().tolist()
             for u in units:
-                with nm.trace(corrupted):
-                    e.output[:, u] = act[:, u]
-                    nm.output.save()
+                if kind == "output":
+                    def patch(m, a, o, u=u):
+                        o = o.clone()
+                        o[:, u] = src[:, u]
+                        return o
+                    h = module.register_forward_hook(patch)
+                else:
+                    def patch(m, a, u=u):
+                        x = a[0].clone()
+                        x[:, u] = src[:, u]
+                        return (x, *a[1:])
+                    h = module.register_forward_pre_hook(patch)
+                try:
+                    float(diff(model(corrupted)).mean())
+                finally:
+                    h.remove()
                 n += 1
     return n
 
 
-def timed(fn):
-    """(return value, seconds) of one call."""
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
+def batched_loop(model, clean, corrupted, targets, diff, k):
+    """The compute floor: ``targets`` ``[(module, kind, n_units, rest)]`` where ``rest(h)`` runs everything
+    after the site on ``h``; ``k`` patches per chunk. Returns the batch-mean metric per patch."""
+    values = []
+    with torch.no_grad():
+        sources = record([t[:2] for t in targets], clean, model)
+        bases = record([t[:2] for t in targets], corrupted, model)
+        for (module, kind, count, rest), src, base in zip(targets, sources, bases):
+            B = base.shape[0]
+            for lo in range(0, count, k):
+                units = list(range(lo, min(count, lo + k)))
+                h = base.repeat(len(units), *([1] * (base.dim() - 1)))
+                for j, u in enumerate(units):
+                    h[j * B:(j + 1) * B, u] = src[:, u]
+                values.append(diff(rest(h)).reshape(len(units), B).mean(1))
+    return torch.cat(values)
 
 
-def bench(name, hm, clean, corrupted, sites, metric, reps, loop_units=None, with_nnsight=False):
+def vit_rest(vit, start):
+    """Everything of a timm VisionTransformer after its block ``start - 1``: blocks ``start..``, norm, head."""
+    def run(h):
+        for blk in vit.blocks[start:]:
+            h = blk(h)
+        return vit.forward_head(vit.norm(h))
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- one sweep
+def ratios(timing, num, den, n_num, n_den, clock):
+    """Median over repetitions of (patches/s of ``num``) / (patches/s of ``den``)."""
+    a, b = timing["variants"][num][f"{clock}_s"], timing["variants"][den][f"{clock}_s"]
+    return statistics.median((n_num / x) / (n_den / y) for x, y in zip(a, b))
+
+
+def bench(name, hm, clean, corrupted, sites, metric, floor_targets, loop_targets, k, reps, loop_units=None,
+          warmup=1):
+    """``patch_sweep`` vs the batched loop and the hook loop, interleaved; checks they agree first."""
+    model = hm.model
     hm.trace(clean)
-    n_total = sum(hm.sites[s].shape[hm.sites[s].axes.index("pos") - 1] if "pos" in hm.sites[s].axes
-                  else hm.sites[s].shape[-1] for s in sites)
-    methods = {
-        "batched_prefix_reuse": lambda: patch_sweep(hm, clean, corrupted, sites, metric, progress=False) and n_total,
-        "batched_no_reuse": lambda: patch_sweep(hm, clean, corrupted, sites, metric, reuse_prefix=False,
-                                                progress=False) and n_total,
-        "loop": lambda: loop(hm, clean, corrupted, sites, metric, loop_units),
-        "attribution": lambda: attribution_patching(hm, clean, corrupted, sites, metric) and n_total,
+    res = patch_sweep(hm, clean, corrupted, sites, metric, progress=False)
+    n_grid = sum(res.metric_values[s].numel() for s in sites)
+    floor = batched_loop(model, clean, corrupted, floor_targets, metric, k)
+    suite = torch.cat([res.metric_values[s].reshape(-1) for s in sites])
+    max_diff = float((floor.double() - suite.double()).abs().max())
+    assert max_diff < 1e-4, f"{name}: the batched loop and patch_sweep disagree by {max_diff}"
+    n_loop = sum(c for _, _, c in loop_targets) if loop_units is None else loop_units * len(loop_targets)
+    runners = {
+        "patch_sweep": lambda: patch_sweep(hm, clean, corrupted, sites, metric, progress=False),
+        "batched_loop": lambda: batched_loop(model, clean, corrupted, floor_targets, metric, k),
+        "hook_loop": lambda: hook_loop(model, clean, corrupted, loop_targets, metric, loop_units),
     }
-    if with_nnsight:
-        methods["nnsight_loop"] = lambda: nnsight_loop(hm.model, clean, corrupted, sites, loop_units)
-    runs = {k: [] for k in methods}
-    for _ in range(reps):
-        for k, fn in methods.items():
-            n, t = timed(fn)
-            runs[k].append(n / t)
-    med = {k: statistics.median(v) for k, v in runs.items() if v}
-    return {"model": name, "sites": len(sites), "patches_in_grid": n_total, "reps": reps,
-            "patches_per_s": med, "speedup_vs_loop": {k: v / med["loop"] for k, v in med.items() if k != "loop"}}
+    load_before = os.getloadavg()
+    timing = paired(runners, reps, baseline="batched_loop", warmup=warmup)
+    n = {"patch_sweep": n_grid, "batched_loop": n_grid, "hook_loop": n_loop}
+    out = {"model": name, "sites": list(sites), "patches_in_grid": n_grid, "patches_per_chunk": k,
+           "hook_loop_patches": n_loop, "reps": reps, "warmup": warmup,
+           "max_abs_diff_patch_sweep_vs_batched_loop": max_diff,
+           "load_average_before": load_before, "load_average_after": os.getloadavg(),
+           "patches_per_s_median_wall": {v: n[v] / timing["variants"][v]["median_wall_s"] for v in runners},
+           "patches_per_s_median_cpu": {v: n[v] / timing["variants"][v]["median_cpu_s"] for v in runners},
+           "timing": timing}
+    for clock in ("wall", "cpu"):
+        out[f"patch_sweep_vs_batched_loop_{clock}"] = ratios(timing, "patch_sweep", "batched_loop", n_grid,
+                                                             n_grid, clock)
+        out[f"patch_sweep_vs_hook_loop_{clock}"] = ratios(timing, "patch_sweep", "hook_loop", n_grid, n_loop,
+                                                          clock)
+        out[f"batched_loop_vs_hook_loop_{clock}"] = ratios(timing, "batched_loop", "hook_loop", n_grid, n_loop,
+                                                           clock)
+    return out
+
+
+def plain_diff(a, b):
+    """``logit a - logit b`` per example, written directly on the output (a policy's ``.logits``)."""
+    def diff(out):
+        out = getattr(out, "logits", out)
+        return out[:, a] - out[:, b]
+    return diff
+
+
+def vit_sweep(name, hm, clean, corrupted, sites, classes, reps, loop_units=None, warmup=1):
+    """``sites``: ``blocks.{i}`` (block output), ``blocks.{i}.resid_pre`` (block input) or
+    ``blocks.{i}.resid_post`` (block output) of a timm VisionTransformer; metric ``logit a - logit b``."""
+    vit = hm.model
+    hm.trace(clean)
+    floor = []
+    for s in sites:
+        i = int(s.split(".")[1])
+        kind = "input" if s.endswith("resid_pre") else "output"
+        floor.append((vit.blocks[i], kind, hm.sites[s].shape[0], vit_rest(vit, i if kind == "input" else i + 1)))
+    k = chunk_patches(hm.sites[sites[0]].shape, clean.shape[0])
+    return bench(name, hm, clean, corrupted, sites, plain_diff(*classes), floor, [f[:3] for f in floor], k, reps,
+                 loop_units, warmup)
+
+
+# ---------------------------------------------------------------------------------------------- claims
+def claims(results):
+    """Claims on process CPU time (one thread: the work done, whatever else the shared machine runs; wall time
+    beside it, which on a machine loaded past its cores mostly measures the wait for a core)."""
+    out = []
+    for r in results["sweeps"]:
+        grid = f"{r['model']}, {len(r['sites'])} sites ({', '.join(r['sites'])}), {r['patches_in_grid']} patches"
+        v = r["patch_sweep_vs_batched_loop_cpu"]
+        out.append({"claim": f"patch_sweep vs plain batched loop starting after the site, equal chunk "
+                             f"({r['patches_per_chunk']} patches), {grid} (CPU time; wall "
+                             f"{r['patch_sweep_vs_batched_loop_wall']:.3f})",
+                    "value": v, "unit": "x", "target": ">= 1.0", "met": v >= 1.0, "command": r["command"]})
+        v = r["patch_sweep_vs_hook_loop_cpu"]
+        target = 1.7 if r["model"].startswith("timm") else 5.0
+        out.append({"claim": f"patch_sweep vs plain one-forward-per-patch hook loop, {grid} (patches/s, CPU time; "
+                             f"wall {r['patch_sweep_vs_hook_loop_wall']:.3f}; hook loop timed on "
+                             f"{r['hook_loop_patches']} patches)",
+                    "value": v, "unit": "x", "target": f">= {target}", "met": v >= target, "command": r["command"]})
+    return out
+
+
+def parse_blocks(text):
+    if "-" in text:
+        lo, hi = (int(t) for t in text.split("-"))
+        return list(range(lo, hi + 1))
+    return [int(t) for t in text.split(",")]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--blocks", default="9-11", help="vit_tiny blocks to sweep, e.g. 9-11, 0-11 or 0,6,11")
+    ap.add_argument("--loop-tokens", type=int, default=4, help="tokens per site the vit_tiny hook loop runs")
     ap.add_argument("--skip-large", action="store_true", help="skip vit_tiny_patch16_224")
     args = ap.parse_args()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
-    try:
-        import nnsight  # noqa: F401
-        have_nnsight = True
-    except ImportError:
-        have_nnsight = False
+    logging.getLogger("interp_core.patching").setLevel(logging.ERROR)  # no-op patch notices, once per sweep
 
     import rl.zoo
     import vision.zoo
 
-    results = {"machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1},
-               "sweeps": []}
-    hm = vision.zoo.load("digits-vit")  # the vision adapter's canonical residual-stream sites
+    results = {"machine": machine(), "threads": pools(), "sweeps": []}
+    hm = vision.zoo.load("digits-vit")
     X, y = vision.zoo.test_data("digits-vit")
     j = int((y != y[0]).nonzero()[0, 0])
-    clean, corrupted = X[:1], X[j][None]
-    sites = [f"blocks.{i}.resid_pre" for i in range(3)] + ["blocks.2.resid_post"]  # every layer of the stream
-    results["sweeps"].append(bench("vision.zoo:digits-vit", hm, clean, corrupted, sites,
-                                   logit_diff(int(y[0]), int(y[j])), args.reps, with_nnsight=False))
-    hp = rl.zoo.load("cartpole-ppo")  # an rl Agent is a HookedModel
+    sites = [f"blocks.{i}.resid_pre" for i in range(3)] + ["blocks.2.resid_post"]
+    r = vit_sweep("vision.zoo:digits-vit", hm, X[:1], X[j][None], sites, (int(y[0]), int(y[j])), args.reps * 3,
+                  warmup=2)
+    r["command"] = COMMAND + " --skip-large"
+    results["sweeps"].append(r)
+    print(r["model"], round(r["patch_sweep_vs_batched_loop_cpu"], 3), round(r["patch_sweep_vs_hook_loop_cpu"], 2))
+
+    agent = rl.zoo.load("cartpole-ppo")  # an rl Agent is a HookedModel over SB3PolicyModule
+    net = agent.model.net
+    actor = net.mlp_extractor.policy_net
     obs = torch.tensor([[0.0, 0.1, 0.02, -0.1], [0.1, -0.3, -0.05, 0.2]])
-    psites = [n for n in hp.sites.names if n.startswith(("policy.", "value.")) and hp.sites[n].axes]
-    results["sweeps"].append(bench("rl.zoo:cartpole-ppo", hp, obs[:1], obs[1:], psites, logit_diff(0, 1),
-                                   args.reps))
+    psites = [f"policy.{i}" for i in range(4)]
+    agent.trace(obs[:1])
+    assert all(agent.model.get_submodule(agent.sites[s].module_path) is actor[i] for i, s in enumerate(psites))
+    floor = [(actor[i], "output", agent.sites[s].shape[0],
+              lambda h, i=i: net.action_net(actor[i + 1:](h))) for i, s in enumerate(psites)]
+    r = bench("rl.zoo:cartpole-ppo", agent, obs[:1], obs[1:], psites, plain_diff(0, 1), floor, [f[:3] for f in floor],
+              chunk_patches(agent.sites[psites[0]].shape, 1), args.reps * 3, warmup=2)
+    r["command"] = COMMAND + " --skip-large"
+    results["sweeps"].append(r)
+    print(r["model"], round(r["patch_sweep_vs_batched_loop_cpu"], 3), round(r["patch_sweep_vs_hook_loop_cpu"], 2))
+
     if not args.skip_large:
         big = timm.create_model("vit_tiny_patch16_224").eval()
         hb = HookedModel(big)
         g = torch.Generator().manual_seed(0)
         c, k = torch.randn(1, 3, 224, 224, generator=g), torch.randn(1, 3, 224, 224, generator=g)
-        results["sweeps"].append(bench("timm:vit_tiny_patch16_224", hb, c, k, [f"blocks.{i}" for i in range(12)],
-                                       logit_diff(0, 1), 1, loop_units=16, with_nnsight=have_nnsight))
+        r = vit_sweep("timm:vit_tiny_patch16_224", hb, c, k, [f"blocks.{i}" for i in parse_blocks(args.blocks)],
+                      (0, 1), args.reps, loop_units=args.loop_tokens)
+        r["command"] = COMMAND + (f" --blocks {args.blocks}" if args.blocks != "9-11" else "")
+        results["sweeps"].append(r)
+        print(r["model"], round(r["patch_sweep_vs_batched_loop_cpu"], 3),
+              round(r["patch_sweep_vs_hook_loop_cpu"], 2))
+    results["claims"] = claims(results)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "patching.json").write_text(json.dumps(results, indent=1))
-    for r in results["sweeps"]:
-        print(r["model"], {k: round(v, 1) for k, v in r["speedup_vs_loop"].items()})
 
 
 if __name__ == "__main__":

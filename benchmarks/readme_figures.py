@@ -27,6 +27,9 @@ def main() -> None:
     os.chdir(OUT)
     for code in readme_blocks():
         exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
+    from interp_core.features import toy
+
+    toy.readme_figures(OUT)  # toy_geometry.png, toy_phase.png: ~200 small models, not a README block
     print("\n".join(sorted(str(p) for p in OUT.glob("*.png"))))
 
 

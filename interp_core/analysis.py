@@ -2,9 +2,10 @@
 
 For a classifier (any model with a batch of inputs): the site table; the logit lens when the ``vision``
 adapter's ViT sites are there; linear probes with control tasks at the default sites when labels are given;
-an exact patching sweep when a clean/corrupted contrast is given; attribution maps (integrated gradients) for
-image inputs. For an agent (a model that can act in its environment): the site table and the world-model
-probes with their controls (random-init twin, observation probe, control task). Each step is one of the
+an exact patching sweep when a clean/corrupted contrast is given (for a ViT also its circuit, by ACDC);
+attribution maps (integrated gradients) for image inputs. For an agent (a model that can act in its
+environment): the site table and the world-model probes with their controls (random-init twin, observation
+probe, control task). Each step is one of the
 suite's public methods, entered through the boundary like any other call; the domain packages are imported by
 name.
 """
@@ -66,6 +67,8 @@ def standard_report(args: argparse.Namespace, load_model: Callable, load_data: C
         report.add("Activation patching", text=f"Exact denoising patching of {metric.name}: each unit of each site "
                    f"set to its clean value in the corrupted run; 1 = the clean metric is restored.",
                    figure=patching.plot(), table=patching.top(15))
+        if hm.adapter.name == "vit":
+            _circuit_section(hm, clean[:n], corrupted[:n], metric, report)
     if isinstance(x, torch.Tensor) and x.dim() == 4:
         from .attribution import attribute
 
@@ -77,6 +80,21 @@ def standard_report(args: argparse.Namespace, load_model: Callable, load_data: C
     return report
 
 
+def _circuit_section(hm: Any, clean: Any, corrupted: Any, metric: Any, report: Any) -> None:
+    """The ViT's circuit for the contrast: ACDC on the graph of heads and MLPs, with its faithfulness."""
+    import matplotlib.pyplot as plt
+
+    from .circuits import acdc, build_graph
+
+    graph = build_graph(hm)
+    circuit = acdc(hm, clean, corrupted, metric, threshold=0.01, graph=graph, progress=False)
+    report.add("Circuit (ACDC)", text=f"ACDC (Conmy et al. 2023, threshold 0.01) on the graph of embedding, heads, "
+               f"MLPs and logits keeps {len(circuit.edges)} of {graph.n_edges} edges for {metric.name}; run alone, "
+               f"every other edge fed from the corrupted run, they recover {circuit.faithfulness:.0%} of the "
+               "clean-minus-corrupted metric. `interp circuit` adds edge scores and the faithfulness curve.",
+               figure=circuit.plot(ax=plt.subplots(figsize=(9.5, 3.8))[1]), numbers=circuit.to_dict())
+
+
 def _agent_sections(agent: Any, args: argparse.Namespace, report: Any) -> Any:
     worldmodel = importlib.import_module("rl.worldmodel")
     episodes = int(getattr(args, "limit", None) or 60)
@@ -84,5 +102,5 @@ def _agent_sections(agent: Any, args: argparse.Namespace, report: Any) -> Any:
     report.add("World-model probes", text="For each world variable and site, a probe on held-out episodes beside "
                "its controls: the random-init twin, a probe on the raw observation, and the control task. A "
                "variable visible in the observation is not evidence of memory, whatever the score.",
-               figure=result.plot(), table=result.table())
+               figure=result.plot(), table=importlib.import_module("rl.demo").report_rows(result))
     return report

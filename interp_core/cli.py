@@ -8,7 +8,10 @@ Commands (``interp COMMAND --help`` for each):
 - ``interp report MODEL --data DATA`` — the standard analysis for the model's domain (sites, logit lens for a
   ViT, probes with control tasks for given labels, a patching sweep for a given contrast, attribution maps;
   for an agent the world-model probes), or ``interp report --config analysis.toml``;
-- single steps: ``interp probe | patch | attribute | collect | compare``.
+- single steps: ``interp probe | patch | attribute | collect | compare``;
+- discovery: ``interp sae MODEL --data DATA --site S [--latents N --k K]`` (a sparse autoencoder, evaluated,
+  spliced in and read) and ``interp circuit MODEL --clean DATA --corrupted DATA --metric M`` (EAP / ACDC and
+  the faithfulness curve), see :mod:`interp_core.cli_discovery`.
 
 MODEL and DATA are specs (:mod:`interp_core.specs`): ``timm:NAME``, ``torchvision:NAME``, ``vision:NAME``,
 ``rl:NAME``, ``sb3:ALGO:PATH.zip`` (pickles: needs ``--trust-pickle``), ``py:MODULE:FACTORY``; data is an image
@@ -237,6 +240,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return _finish(report, args)
 
 
+def _cmd_sae(args: argparse.Namespace) -> int:
+    from .cli_discovery import sae_report
+
+    return _finish(sae_report(args, _model, _data, _report), args)
+
+
+def _cmd_circuit(args: argparse.Namespace) -> int:
+    from .cli_discovery import circuit_report
+
+    if not args.corrupted:
+        raise InputError("--corrupted: a circuit needs corrupted inputs paired with the clean ones (a data spec)")
+    if not (args.clean or args.data):
+        raise InputError("--clean: give the clean inputs (a data spec; --data is used when --clean is not given)")
+    return _finish(circuit_report(args, _model, _data, _metric, _report), args)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .analysis import standard_report
 
@@ -277,6 +296,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="interp", description="interp-suite: mechanistic interpretability for vision models and RL agents.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    parser.add_argument("--threads", type=int, help="torch CPU threads for this command (default: torch's own "
+                                                     "choice); 1 is fastest for small models and on busy machines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     model = argparse.ArgumentParser(add_help=False)
@@ -356,6 +377,37 @@ def _parser() -> argparse.ArgumentParser:
     co.add_argument("--pool", help="pool positions inside the hook (mean, max, cls, ...); default: keep all")
     co.set_defaults(fn=_cmd_collect)
 
+    sa = sub.add_parser("sae", parents=[model, data, out], help="train a sparse autoencoder on a site and read it",
+                        description="Train a sparse autoencoder on one site's rows (positions folded into rows), "
+                                    "evaluate it on held-out inputs, splice it into the model, list its latents "
+                                    "with their top inputs; the SAE is saved as OUT/sae.pt.")
+    sa.add_argument("model", help=SPEC_HELP)
+    sa.add_argument("--site", required=True, help="the site, e.g. layer2.0, blocks.1.resid_post, memory.h")
+    sa.add_argument("--latents", type=int, default=None, help="dictionary size (default: 4x the site's width)")
+    sa.add_argument("--k", type=int, default=8, help="active latents per row (TopK / BatchTopK; default 8)")
+    sa.add_argument("--variant", default="topk", choices=["topk", "batchtopk", "relu", "jumprelu"])
+    sa.add_argument("--epochs", type=int, default=10, help="passes over the training rows (default 10)")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--test-share", type=float, default=0.2, help="share of inputs held out (the last ones)")
+    sa.add_argument("--show", type=int, default=12, help="latents listed in the report (default 12)")
+    sa.set_defaults(fn=_cmd_sae)
+
+    ci = sub.add_parser("circuit", parents=[model, data, out], help="find a circuit (EAP, ACDC) and its faithfulness",
+                        description="Score every edge of the model's circuit graph for a clean/corrupted contrast, "
+                                    "prune with ACDC, and draw the faithfulness curve against random circuits; the "
+                                    "circuit is saved as OUT/circuit.json.")
+    ci.add_argument("model", help=SPEC_HELP)
+    ci.add_argument("--clean", help="clean inputs (a data spec; default: --data)")
+    ci.add_argument("--corrupted", help="corrupted inputs paired row by row with the clean ones (a data spec)")
+    ci.add_argument("--metric", help="logit_diff:A,B | logit:C | prob:C | log_prob:C (default logit_diff:0,1)")
+    ci.add_argument("--target", type=int, help="a class index: the metric is its logit")
+    ci.add_argument("--method", default="eap-ig", choices=["eap", "eap-ig", "exact"], help="edge scores")
+    ci.add_argument("--threshold", type=float, default=0.01, help="ACDC threshold (normalised metric change)")
+    ci.add_argument("--layers", help="module paths of a sequential model's graph, comma-separated, in forward order")
+    ci.add_argument("--steps", type=int, help="time steps to unroll a recurrent policy (inputs [batch, steps, ...])")
+    ci.add_argument("--n-random", type=int, default=10, help="random circuits per size (default 10)")
+    ci.set_defaults(fn=_cmd_circuit)
+
     cm = sub.add_parser("compare", parents=[model, data, out, sites], help="layer-by-layer similarity of two models")
     cm.add_argument("model", help=SPEC_HELP)
     cm.add_argument("model_b", help="the second model spec")
@@ -373,11 +425,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    threads = None
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise InputError(f"--threads: a positive number of threads, got {args.threads}")
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(args.threads)
         return args.fn(args)
     except (InterpError, ValueError, KeyError, OSError) as e:  # the suite's refusals and file problems: no traceback
         print(f"interp: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if threads is not None:  # in-process callers (tests, notebooks) get their setting back
+            import torch
+
+            torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,10 +1,14 @@
 """``interp demo``: the richest end-to-end analysis the suite runs on its embedded models, as one report.
 
 Each domain package contributes named stages through ``stages(quick) -> [(name, fn(report)), ...]`` in its
-``demo`` module (:mod:`vision.demo`: logit lens, patching with attribution-patching agreement, probes with
-control tasks, shortcut finding, universality across seeds and architectures; :mod:`rl.demo`: world-model
-probes with controls, the causal check, DoorKey's "not evidence" verdicts, CartPole's sanity check); a module
-with only ``add_to_report(report, quick)`` is one stage. They are imported by name, so :mod:`interp_core`
+``demo`` module (:mod:`vision.demo`: logit lens and attention rollout, patching with the attribution-patching
+scatter, probes with control tasks, shortcut finding, the mark as a feature with its steering curve, feature
+visualisation, a sparse autoencoder on the digits CNN with its latents as sites (:mod:`vision.demo_features`),
+the digits ViT's 3-vs-8 circuit (:mod:`vision.demo_circuits`), universality across seeds and architectures;
+:mod:`interp_core.demo_toy`: toy models of superposition; :mod:`rl.demo`: world-model probes with controls,
+the causal check, a sparse autoencoder on the T-maze agent's memory (:mod:`rl.demo_features`), DoorKey's
+"not evidence" verdicts, CartPole's sanity check); a module with only ``add_to_report(report, quick)`` is one
+stage. They are imported by name, so :mod:`interp_core`
 does not depend on them, and a missing domain (e.g. installed without the ``rl`` extra) is reported in the
 output instead of failing the whole run.
 
@@ -35,7 +39,7 @@ from .results import jsonable, save_json
 
 log = logging.getLogger(__name__)
 
-DOMAINS = ("vision.demo", "rl.demo")
+DOMAINS = ("vision.demo", "interp_core.demo_toy", "rl.demo")
 StageHook = Callable[[int, int, str, float, bool], None]
 
 
@@ -79,9 +83,10 @@ def run_demo(out: str | os.PathLike = "interp-demo", quick: bool = False, domain
     cache = out / ".stages"
     report = Report("interp-suite demo: vision models and RL agents, one toolkit",
                     description="Every analysis the suite runs, on the models it trained and ships: where a ViT "
-                                "decides, what CNN layers encode, a planted shortcut found four ways, how universal "
-                                "features are across seeds and architectures, and whether RL agents remember — and "
-                                "use — what probes find.",
+                                "decides, what CNN layers encode, a planted shortcut found four ways, the features "
+                                "a sparse autoencoder finds, the circuit behind a decision, superposition in toy "
+                                "models, how universal features are across seeds and architectures, and whether RL "
+                                "agents remember — and use — what probes find.",
                     command=f"interp demo --out {out}{' --quick' if quick else ''}",
                     meta={"quick": quick, "torch threads": 1, "seeds": "fixed in each analysis (0 unless stated)"})
     plan: list[tuple[str, str, Callable[[Report], None] | None, str]] = []

@@ -62,6 +62,25 @@ GLOSSARY: dict[str, str] = {
     "outcome_flip_rate": "share of episodes whose outcome changes when the activation is edited",
     "action_tv": "total-variation distance between the action distributions before and after the edit",
     "ci": "95% confidence interval over agents or seeds",
+    "fvu": "fraction of variance unexplained by an SAE's reconstruction: sum ||x - x_hat||^2 / sum ||x - mean(x)||^2",
+    "l0": "active SAE latents per row (mean)",
+    "firing rate": "share of rows on which an SAE latent is non-zero",
+    "patching effect": "normalised effect of patching the unit from the clean run into the corrupted one: 0 = "
+                       "corrupted metric, 1 = clean metric",
+    "label (top exemplars)": "the class most common among the inputs that activate the latent most",
+    "label share": "share of the latent's top exemplars that carry that label",
+    "EAP score": "edge attribution patching (Syed et al. 2023): first-order estimate of the metric change when the "
+                 "edge alone is fed from the corrupted run",
+    "score": "the method's score for the row (a probe's held-out accuracy or R², an edge's effect, ...)",
+    "top-k by EAP-IG": "faithfulness of the circuit made of the k edges with the largest EAP-IG scores",
+    "random (mean)": "mean faithfulness of random circuits with the same number of edges",
+    "random (std)": "standard deviation of that faithfulness over the random circuits",
+    "top-k": "faithfulness of the circuit made of the k best-scored edges",
+    "faithfulness": "(metric of the model restricted to the circuit - corrupted metric) / (clean metric - "
+                    "corrupted metric); 1 = the circuit does all the work",
+    "success rate": "share of episodes whose final reward is positive",
+    "features represented": "toy-model features whose column of W has norm above 0.5",
+    "mean dimensionality": "mean over features of D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2 (Elhage et al. 2022)",
 }
 
 

@@ -38,6 +38,14 @@ naming the file. The reading interface is that of :class:`~interp_core.cache.Act
 most ``buffer_shards`` shards in memory), ``axes``, ``site_names``, ``num_rows``; plus ``array(site)`` — the
 raw activations as memory-mapped numpy arrays across shards — and ``labels()``. ``path=None`` gives an
 in-memory store with the same interface.
+
+**Under torch.distributed** (``torchrun``; see :mod:`interp_core.distributed`) every rank calls ``collect``
+with the same arguments: rank ``r`` computes the global shards ``k`` with ``k % world == r`` and writes
+``shard-r{r}-{j:05d}.safetensors`` with its own progress file ``manifest-r{r}.json`` and lock
+``store-r{r}.lock`` (each with the guarantees above, per rank), and rank 0 merges ``manifest.json`` once all
+ranks finished; ``iter_batches(..., rank=, world_size=)`` streams one rank's part of an epoch. The file-level
+helpers (manifest validation and merging, fingerprints, locks, memory maps) live in
+:mod:`interp_core.storeio`.
 """
 
 from __future__ import annotations
@@ -47,15 +55,11 @@ import hashlib
 import json
 import math
 import os
-import socket
-import struct
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
@@ -66,43 +70,39 @@ from .axes import pool as pool_tensor
 from .boundary import Batch, as_hooked, iter_batches
 from .cache import ActivationCache
 from .errors import InputError, InputTypeError, SiteError, StoreError
-
-try:  # POSIX; elsewhere the lock falls back to an exclusive-create file with a pid check
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from .storeio import (
+    FORMAT_VERSION,
+    LABELS,
+    LOCK,
+    MANIFEST,
+    CorruptShardError,
+    CorruptStoreError,
+    IncompleteStoreError,
+    ShardedArray,
+    StoreLockedError,
+    StoreMismatchError,
+    _batch_hash,
+    _check_same_source,
+    _fresh_manifest,
+    _holder_text,
+    _jsonable,
+    _lock_holder,
+    _memmap_safetensors,
+    _mismatch,
+    _num_examples,
+    _read_manifest,
+    _sha256,
+    _store_files,
+    _write_error,
+    _WriteLock,
+    model_fingerprint,
+    rank_lock_name,
+    rank_manifest_name,
+    shard_name,
+)
 
 __all__ = ["ActivationStore", "ShardedArray", "CorruptStoreError", "CorruptShardError", "IncompleteStoreError",
-           "StoreLockedError", "StoreMismatchError"]
-
-MANIFEST = "manifest.json"
-LOCK = "store.lock"
-LABELS = "__labels__"
-FORMAT_VERSION = 2
-_SHARD = "shard_{:05d}.safetensors"
-_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-
-
-class CorruptStoreError(StoreError):
-    """A store whose manifest or shards are not what a finished (or cleanly interrupted) collection leaves."""
-
-
-class CorruptShardError(CorruptStoreError):
-    """A shard that is missing or whose bytes do not match the checksum recorded in the manifest."""
-
-
-class IncompleteStoreError(StoreError):
-    """A store whose collection has not finished (interrupted, or still running), opened without
-    ``allow_partial=True``."""
-
-
-class StoreLockedError(StoreError):
-    """A store another live process is writing."""
-
-
-class StoreMismatchError(StoreError, InputError):
-    """A store at the path that was collected from another model, other data or other settings."""
-
+           "StoreLockedError", "StoreMismatchError", "model_fingerprint", "LOCK"]
 
 # ---------------------------------------------------------------------------------------------- file system
 # Every durable step goes through these few functions (the torture test interrupts the store between them).
@@ -149,350 +149,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _write_error(root: Path, what: Path, e: OSError, resume: str) -> StoreError:
-    reason = e.strerror or str(e)
-    if e.errno in _DISK_FULL:
-        fix = f"the disk is full or a file-size limit was hit; free space (or raise the limit), then {resume}"
-    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = f"the folder is not writable; fix its permissions (or use another path), then {resume}"
-    else:
-        fix = resume
-    return StoreError(f"activation store {root}: could not write {what.name} ({reason}); {fix}")
-
-
-# ---------------------------------------------------------------------------------------------- fingerprints
-def _hash_into(h: Any, obj: Any, sample: int | None = None) -> None:
-    """Feed a model input, label or state-dict value into ``h``: type, dtype, shape and the bytes of every
-    tensor, or with ``sample`` the bytes of at most ``sample`` evenly spaced elements of each tensor."""
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        flat = t.reshape(-1)
-        if sample is not None and flat.numel() > sample:  # picked on the tensor's device: only these move
-            flat = flat[::-(-flat.numel() // sample)]
-        if flat.numel():
-            h.update(flat.cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    elif isinstance(obj, np.ndarray):
-        _hash_into(h, torch.from_numpy(np.ascontiguousarray(obj)), sample)
-    elif isinstance(obj, Mapping):
-        h.update(b"{")
-        for k in sorted(obj, key=str):
-            h.update(str(k).encode())
-            _hash_into(h, obj[k], sample)
-        h.update(b"}")
-    elif isinstance(obj, (tuple, list)):
-        h.update(b"(")
-        for v in obj:
-            _hash_into(h, v, sample)
-        h.update(b")")
-    elif obj is None or isinstance(obj, (bool, int, float, str)):
-        h.update(repr(obj).encode())
-    else:  # an object we cannot read: its type at least (a repr may hold a memory address)
-        h.update(type(obj).__qualname__.encode())
-
-
-def model_fingerprint(hm: Any) -> dict[str, str]:
-    """``{"model_class", "model"}``: the wrapped module's class and a hash of its ``state_dict`` (names,
-    dtypes, shapes and bytes of every tensor): two models with the same weights share it, a retrained or
-    re-initialised twin does not."""
-    module = hm.model
-    cls = f"{type(module).__module__}.{type(module).__qualname__}"
-    h = hashlib.blake2b(digest_size=16)
-    h.update(cls.encode())
-    for k, v in module.state_dict().items():
-        h.update(k.encode())
-        _hash_into(h, v)
-    return {"model_class": cls, "model": h.hexdigest()}
-
-
-BATCH_HASH_ELEMENTS = 1 << 20
-
-
-def _batch_hash(batch: Batch) -> str:
-    """A fingerprint of one batch: all its labels, and each input tensor's shape, dtype and up to
-    ``BATCH_HASH_ELEMENTS`` evenly spaced values (cheap next to the forward, and different for any other
-    dataset, order or batching in practice)."""
-    h = hashlib.blake2b(digest_size=16)
-    _hash_into(h, batch.inputs, sample=BATCH_HASH_ELEMENTS)
-    _hash_into(h, batch.labels)
-    return h.hexdigest()
-
-
-def _jsonable(x: Any, argument: str) -> Any:
-    try:
-        return json.loads(json.dumps(x))
-    except (TypeError, ValueError):
-        raise InputTypeError(f"{argument}: {x!r} cannot be recorded in the store's manifest; give None, a string, "
-                             f"an int, a tuple of ints or a dict of those per site") from None
-
-
-# ---------------------------------------------------------------------------------------------- manifest
-def _manifest_error(root: Path, what: str) -> CorruptStoreError:
-    return CorruptStoreError(f"activation store {root}: {MANIFEST} {what}; the store cannot be vouched for: "
-                             f"collect it again with ActivationStore.collect(..., overwrite=True)")
-
-
-def _read_manifest(root: Path) -> dict[str, Any]:
-    """The manifest at ``root``, validated (:func:`_validate`)."""
-    mf = root / MANIFEST
-    if not root.is_dir():
-        what = "is not a folder" if root.exists() else "no such folder"
-        raise StoreError(f"activation store {root}: {what}; give a store's folder, or create a store with "
-                         f"ActivationStore.collect(model, data, sites, path)")
-    try:
-        text = mf.read_text()
-    except FileNotFoundError:
-        raise StoreError(f"activation store {root}: no {MANIFEST} (not a store, or its collection never wrote a "
-                         f"shard); create one with ActivationStore.collect(model, data, sites, path)") from None
-    except OSError as e:
-        raise StoreError(f"activation store {root}: cannot read {MANIFEST} ({e.strerror or e}); check the "
-                         f"file's permissions") from None
-    try:
-        m = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _manifest_error(root, f"is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    return _validate(m, root)
-
-
-def _validate(m: Any, root: Path) -> dict[str, Any]:
-    """Check that ``m`` describes one contiguous, consistent run of shards; raise naming the fault."""
-    if not isinstance(m, dict) or not {"version", "sites", "shards", "complete"} <= set(m):
-        raise _manifest_error(root, "lacks the keys version, sites, shards, complete")
-    version = m["version"]
-    if version not in (1, FORMAT_VERSION):
-        raise StoreError(f"activation store {root}: format version {version!r}, this interp_core reads versions 1 "
-                         f"and {FORMAT_VERSION}; upgrade interp_core or collect the store again with overwrite=True")
-    sites, shards = m["sites"], m["shards"]
-    if not isinstance(sites, dict) or not isinstance(shards, list) or not isinstance(m["complete"], bool):
-        raise _manifest_error(root, "has sites, shards or complete of the wrong type")
-    for name, info in sites.items():
-        if (not isinstance(info, dict) or not isinstance(info.get("axes"), list) or not isinstance(info.get("shape"),
-                                                                                                    list)
-                or len(info["axes"]) != len(info["shape"]) + 1 or info["axes"][:1] != ["batch"]):
-            raise _manifest_error(root, f"describes site '{name}' inconsistently (axes, shape)")
-    if shards and not sites:
-        raise _manifest_error(root, "lists shards but no sites")
-    batch_end = example_end = 0
-    labelled = None
-    for k, entry in enumerate(shards):
-        where = f"shard entry {k}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("rows"), dict):
-            raise _manifest_error(root, f"has a malformed {where}")
-        if entry.get("file") != _SHARD.format(k):
-            raise _manifest_error(root, f"{where} names file {entry.get('file')!r}, expected {_SHARD.format(k)!r} "
-                                        f"(entries removed or reordered)")
-        b = entry.get("batches")
-        if not (isinstance(b, list) and len(b) == 2 and b[0] == batch_end and b[1] > b[0]):
-            raise _manifest_error(root, f"{where} covers batches {b}, expected a range starting at {batch_end} "
-                                        f"(the batch ranges have a gap or overlap: entries removed or reordered)")
-        counts = set(entry["rows"].values())
-        if len(counts) != 1 or set(entry["rows"]) - {LABELS} != set(sites):
-            raise _manifest_error(root, f"{where} has row counts {entry['rows']}: every site (and the labels) "
-                                        f"needs one row per example and the sites must be {sorted(sites)}")
-        n = counts.pop()
-        e = entry.get("examples", [example_end, example_end + n] if version == 1 else None)
-        if not (isinstance(e, list) and e == [example_end, example_end + n] and n > 0):
-            raise _manifest_error(root, f"{where} covers examples {e} with {n} rows, expected examples "
-                                        f"[{example_end}, {example_end + n}] (rows missing or ranges with a gap)")
-        has_labels = LABELS in entry["rows"]
-        if labelled is not None and has_labels != labelled:
-            raise _manifest_error(root, f"{where} {'has' if has_labels else 'lacks'} labels, unlike shard 0")
-        labelled = has_labels
-        entry["examples"] = e
-        batch_end, example_end = b[1], e[1]
-    if version >= 2 and m["complete"]:
-        totals = m.get("totals")
-        expected = {"shards": len(shards), "batches": batch_end, "examples": example_end}
-        if totals != expected:
-            raise _manifest_error(root, f"records totals {totals} but its shard entries add up to {expected} "
-                                        f"(shard entries removed)")
-    return m
-
-
-def _lock_holder(root: Path) -> dict[str, Any] | None:
-    """Who holds the write lock of the store at ``root`` (``{"pid", "host", "since"}``), or ``None``."""
-    lock = root / LOCK
-    if not lock.exists():
-        return None
-    if fcntl is None:  # pragma: no cover - Windows
-        info = _read_lock_info(lock)
-        return info if info and _pid_alive(info.get("pid")) else None
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _read_lock_info(lock) or {"pid": None}
-    finally:
-        os.close(fd)
-    return None
-
-
-def _read_lock_info(lock: Path) -> dict[str, Any] | None:
-    try:
-        info = json.loads(lock.read_text() or "null")
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
-
-
-def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _holder_text(info: dict[str, Any] | None) -> str:
-    if not info or info.get("pid") is None:
-        return "another process"
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"])) if "since" in info else "?"
-    return f"process {info['pid']} on {info.get('host', '?')} (since {since})"
-
-
-class _WriteLock:
-    """An exclusive lock on ``root/store.lock`` for one writer, with the owner's pid, host and start time in
-    the file. It is an ``flock``, which the kernel drops when its process dies, so the lock file of a killed
-    writer is simply taken over."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.file = root / LOCK
-        self.fd: int | None = None
-
-    def _refuse(self, info: dict[str, Any] | None) -> StoreLockedError:
-        return StoreLockedError(
-            f"activation store {self.root} is being written by {_holder_text(info)} (lock file {self.file}); "
-            f"wait until it finishes, or stop it and call collect again to resume; if no such process runs, "
-            f"delete {self.file}")
-
-    def __enter__(self) -> "_WriteLock":
-        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode()
-        for _ in range(100):
-            try:
-                if fcntl is None:  # pragma: no cover - Windows
-                    self._enter_exclusive_create(me)
-                    return self
-                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                if isinstance(e, StoreError):
-                    raise
-                raise _write_error(self.root, self.file, e, "call collect again") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise self._refuse(_read_lock_info(self.file)) from None
-            except OSError as e:  # a file system without locks (some network mounts)
-                os.close(fd)
-                raise StoreError(f"activation store {self.root}: cannot lock {self.file} ({e.strerror or e}); "
-                                 f"collect on a local disk, then move the finished store") from None
-            # the previous owner unlinks the file on release: make sure we locked the file at the path
-            try:
-                same = os.stat(self.file).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, me)
-            self.fd = fd
-            return self
-        raise self._refuse(None)
-
-    def _enter_exclusive_create(self, me: bytes) -> None:  # pragma: no cover - Windows
-        try:
-            fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            info = _read_lock_info(self.file)
-            if info is not None and _pid_alive(info.get("pid")):
-                raise self._refuse(info) from None
-            os.unlink(self.file)  # the lock of a dead process
-            fd = os.open(self.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, me)
-        self.fd = fd
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.unlink(self.file)  # while still holding the lock (see __enter__)
-        except OSError:
-            pass
-        os.close(self.fd)
-        self.fd = None
-
-
-# ---------------------------------------------------------------------------------------------- reading arrays
-_NP_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
-              "U8": np.uint8, "I8": np.int8, "BOOL": np.bool_}
-
-
-class ShardedArray:
-    """Rows of several memory-mapped shards seen as one array (indexing by int, slice or index array)."""
-
-    def __init__(self, parts: Sequence[np.ndarray]):
-        self.parts = list(parts)
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
-        self.shape = (int(self.offsets[-1]), *self.parts[0].shape[1:]) if self.parts else (0,)
-        self.dtype = self.parts[0].dtype if self.parts else np.float32
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        if isinstance(index, (int, np.integer)):
-            i = int(index) % len(self)
-            k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-            return np.asarray(self.parts[k][i - self.offsets[k]])
-        idx = np.arange(len(self))[index]
-        k = np.searchsorted(self.offsets, idx, side="right") - 1
-        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
-        for part in np.unique(k):
-            sel = k == part
-            out[sel] = self.parts[part][idx[sel] - self.offsets[part]]
-        return out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        a = np.concatenate(self.parts) if self.parts else np.empty(self.shape, self.dtype)
-        return a.astype(dtype) if dtype is not None else a
-
-
-def _memmap_safetensors(path: Path, key: str) -> np.ndarray:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    info = header[key]
-    if info["dtype"] not in _NP_DTYPES:
-        raise InputTypeError(f"{path}: dtype {info['dtype']} cannot be memory-mapped by numpy; store float32/16")
-    start, end = info["data_offsets"]
-    shape = tuple(info["shape"])
-    if end == start:
-        return np.empty(shape, dtype=_NP_DTYPES[info["dtype"]])
-    return np.memmap(path, dtype=_NP_DTYPES[info["dtype"]], mode="r", offset=8 + n + start, shape=shape)
-
-
-def _num_examples(data: Any) -> int | None:
-    """How many examples ``data`` holds, where that is known without iterating it (for the progress bar)."""
-    if isinstance(data, (torch.Tensor, np.ndarray)) and data.ndim:
-        return int(data.shape[0])
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], (torch.Tensor, np.ndarray)):
-        return int(data[0].shape[0]) if data[0].ndim else None
-    if isinstance(data, torch.utils.data.DataLoader):
-        return None if data.drop_last else _num_examples(data.dataset)
-    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
-        return len(data)  # type: ignore[arg-type]
-    return None
-
-
 # ---------------------------------------------------------------------------------------------- the store
 class ActivationStore:
     """Sharded activations on disk (``path``) or in memory (``path=None``); see the module docstring.
@@ -509,7 +165,8 @@ class ActivationStore:
             return
         self.manifest = _read_manifest(self.path)
         if not self.manifest["complete"] and not allow_partial:
-            holder = _lock_holder(self.path)
+            holder = next((h for h in (_lock_holder(self.path, rank_lock_name(r)) for r in
+                                       [None, *range(int(self.manifest.get("world", 1)))]) if h is not None), None)
             state = (f"is being collected by {_holder_text(holder)}" if holder is not None
                      else "was interrupted before it finished")
             rows = self.manifest["shards"][-1]["examples"][1] if self.manifest["shards"] else 0
@@ -524,7 +181,7 @@ class ActivationStore:
                 pool: PoolSpec | Mapping[str, PoolSpec] = None, batches_per_shard: int = 8,
                 dtype: torch.dtype | None = None, resume: bool = True, progress: bool | None = None, *,
                 labels: Any = None, batch_size: int | None = None, overwrite: bool = False,
-                train: bool = False) -> "ActivationStore":
+                train: bool = False, partition: str = "shards") -> "ActivationStore":
         """Run ``model`` over ``data`` and store the activations of ``sites`` (see the module docstring).
 
         Args:
@@ -542,11 +199,23 @@ class ActivationStore:
             batch_size: examples per forward where ``data`` is not batched already.
             overwrite: replace whatever store is at ``path`` (another model's, other data's, a broken one).
             train: run the model in train mode (dropout on; buffers restored after) instead of eval mode.
+            partition: under ``torch.distributed`` only: ``"shards"`` (every rank gives the same ``data``;
+                rank ``r`` computes the global shards ``k`` with ``k % world == r``) or ``"ranks"`` (each rank's
+                ``data`` is its own, e.g. rollouts with per-rank seeds; the store holds rank 0's rows, then rank
+                1's, ...).
 
         Returns:
             The store, complete. A complete store already at ``path`` from the same model, data (first
             batch) and settings is returned without running the model.
+
+        Under ``torch.distributed`` (initialised, world size > 1: e.g. launched with ``torchrun``) every rank
+        calls ``collect`` with the same arguments; rank ``r`` runs the model on the global shards ``k`` with
+        ``k % world == r`` only, writes them as its own files, and rank 0 merges one manifest once all
+        ranks finished (see :mod:`interp_core.distributed`). Every rank returns the merged store.
         """
+        from .distributed import check_same_folder, collect_barrier, current_rank
+
+        rank, world = current_rank()
         hm = as_hooked(model)
         names = [sites] if isinstance(sites, str) else list(sites) if isinstance(sites, Iterable) else None
         if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
@@ -558,9 +227,19 @@ class ActivationStore:
         settings = {"sites": names, "pool": _jsonable(dict(pool) if isinstance(pool, Mapping) else pool, "pool"),
                     "batches_per_shard": batches_per_shard, "dtype": str(dtype) if dtype else None,
                     "train": bool(train)}
+        if world > 1:
+            if path is None:
+                raise InputError(f"path: None (an in-memory store) under torch.distributed (rank {rank} of {world}); "
+                                 f"give a folder on a file system every rank can reach")
+            if partition not in ("shards", "ranks"):
+                raise InputError(f"partition: 'shards' (the same data on every rank, split by shard) or 'ranks' "
+                                 f"(each rank's own data), got {partition!r}")
+            settings["world"] = world
+            settings["partition"] = partition
         source = {**model_fingerprint(hm), "data": None}
         batches = iter(iter_batches(data, labels, model=hm, batch_size=batch_size, sites=names))
-        run = _Run(hm, names, pool, batches_per_shard, dtype, train, progress, _num_examples(data))
+        run = _Run(hm, names, pool, batches_per_shard, dtype, train, progress, _num_examples(data),
+                   rank=rank, world=world, by_rank=partition == "ranks")
 
         if path is None:
             store = cls.__new__(cls)
@@ -579,17 +258,36 @@ class ActivationStore:
             _fsync_dir(root.resolve().parent)
         except OSError:
             pass
-        with _WriteLock(root):
-            for leftover in _store_files(root, temporary_only=True):  # from a writer that was killed
+        if world == 1:
+            return cls._collect_part(root, run, batches, settings, source, resume and not overwrite, None)
+        check_same_folder(root)
+        error: BaseException | None = None
+        try:
+            cls._collect_part(root, run, batches, settings, source, resume and not overwrite, rank)
+        except Exception as e:  # every rank must reach the barrier, or the others wait for it forever
+            error = e
+        return collect_barrier(root, error, world)
+
+    @classmethod
+    def _collect_part(cls, root: Path, run: "_Run", batches: Iterator[Batch], settings: dict[str, Any],
+                      source: dict[str, Any], resume: bool, rank: int | None) -> "ActivationStore":
+        """Collect the store at ``root`` (``rank=None``) or one rank's part of it, under that writer's lock."""
+        name = rank_manifest_name(rank)
+        with _WriteLock(root, rank_lock_name(rank)):
+            for leftover in _store_files(root, temporary_only=True, rank=rank):  # from a writer that was killed
                 leftover.unlink(missing_ok=True)
             old = None
-            if (root / MANIFEST).exists() and resume and not overwrite:
-                old = _read_manifest(root)  # a broken manifest raises, suggesting overwrite=True
+            if (root / name).exists() and resume:
+                old = _read_manifest(root, name)  # a broken manifest raises, suggesting overwrite=True
                 _check_same_source(root, old, settings, source)
+            elif rank is not None and (root / MANIFEST).exists() and resume:
+                _check_same_source(root, _read_manifest(root), settings, source)  # another store is there
             store = cls.__new__(cls)
-            store.path, store._memory = root, []
+            store.path, store._memory, store._rank = root, [], rank
             if old is None:
                 store.manifest = _fresh_manifest(settings, source)
+                if rank is not None:
+                    store.manifest.update(rank=rank, world=settings["world"])
                 run.execute(store, batches, fresh=True)
                 return store
             store.manifest = old
@@ -604,10 +302,11 @@ class ActivationStore:
     def _write_manifest(self) -> None:
         if self.path is not None:
             data = json.dumps(self.manifest, indent=1).encode()
+            target = self.path / rank_manifest_name(getattr(self, "_rank", None))
             try:
-                _atomic_write(self.path / MANIFEST, data)
+                _atomic_write(target, data)
             except OSError as e:
-                raise _write_error(self.path, self.path / MANIFEST, e,
+                raise _write_error(self.path, target, e,
                                    "call collect again with the same arguments to resume") from None
 
     def _start_over(self) -> None:
@@ -616,9 +315,17 @@ class ActivationStore:
         if self.path is None:
             return
         self._write_manifest()
-        for old in _store_files(self.path, temporary_only=False):
+        rank = getattr(self, "_rank", None)
+        stale = _store_files(self.path, temporary_only=False, rank=rank)
+        if rank == 0:  # the merged manifest and a single-process store's shards, ranks of a larger world
+            world = int(self.manifest["world"])
+            stale += [self.path / MANIFEST, *_store_files(self.path, temporary_only=False)]
+            stale += [f for f in self.path.glob("*-r*.*") if (_rank_of(f.name) or 0) >= world]
+        for old in stale:
+            if old.name.endswith(".lock"):
+                continue
             try:
-                old.unlink()
+                old.unlink(missing_ok=True)
             except OSError as e:
                 raise StoreError(f"activation store {self.path}: cannot delete the old {old.name} "
                                  f"({e.strerror or e}); fix the folder's permissions") from None
@@ -653,7 +360,8 @@ class ActivationStore:
         h = hashlib.blake2b(digest_size=16)
         for *_, bh in pending:
             h.update(bh.encode())
-        entry: dict[str, Any] = {"file": _SHARD.format(len(self.manifest["shards"])), "batches": [start, end],
+        entry: dict[str, Any] = {"file": shard_name(len(self.manifest["shards"]), getattr(self, "_rank", None)),
+                                 "batches": [start, end],
                                  "examples": [first_example, first_example + n],
                                  "rows": {k: int(t.shape[0]) for k, t in tensors.items()}, "inputs": h.hexdigest()}
         if self.path is None:
@@ -786,20 +494,30 @@ class ActivationStore:
 
     def iter_batches(self, sites: Sequence[str] | str, batch_size: int = 256, shuffle: bool = True,
                      seed: int = 0, pool: PoolSpec = None, buffer_shards: int = 4,
-                     labels: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+                     labels: bool = False, rank: int | None = None,
+                     world_size: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Mini-batches ``{site: [b, d]}`` (and ``"labels"``) streamed shard by shard.
 
         With ``shuffle``, shards come in a random order and rows are shuffled within a buffer of
         ``buffer_shards`` shards, so memory stays bounded by the buffer whatever the store's size. Sites
         must give the same number of rows per example (pool them alike). ``labels=True`` adds the stored
-        labels (pooled sites only: one row per example).
+        labels (pooled sites only: one row per example). With ``rank`` and ``world_size`` (e.g. from
+        :func:`interp_core.distributed.current_rank`), this rank streams only its part of the shard order
+        (positions ``rank, rank + world_size, ...`` of the same seeded permutation on every rank): one epoch
+        over all ranks covers every row exactly once.
         """
         names = [sites] if isinstance(sites, str) else list(sites)
         for n in names:
             self._check_site(n)
+        if (rank is None) != (world_size is None) or (world_size is not None and not (
+                isinstance(world_size, int) and isinstance(rank, int) and 0 <= rank < world_size)):
+            raise InputError(f"rank, world_size: give both (0 <= rank < world_size) or neither, got {rank!r}, "
+                             f"{world_size!r}")
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(self.num_shards, generator=g).tolist() if shuffle else range(self.num_shards)
         order = list(order)
+        if world_size is not None:
+            order = order[rank::world_size]
         for b in range(0, len(order), buffer_shards):
             shards = [self.load_shard(k) for k in order[b:b + buffer_shards]]
             rows = {}
@@ -830,58 +548,19 @@ class ActivationStore:
                 f"examples={self.num_examples}, complete={self.complete})")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _store_files(root: Path, temporary_only: bool) -> list[Path]:
-    """The shard files (or only the temporary files) a store's writer leaves in ``root``; nothing else there."""
-    tmp = [*root.glob("shard_*.safetensors.tmp"), *root.glob(MANIFEST + ".tmp")]
-    return tmp if temporary_only else [*root.glob("shard_*.safetensors"), *tmp]
-
-
-def _fresh_manifest(settings: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
-    return {"version": FORMAT_VERSION, "source": dict(source), "settings": settings, "sites": {}, "shards": [],
-            "complete": False}
-
-
-def _mismatch(root: Path, what: str) -> StoreMismatchError:
-    return StoreMismatchError(
-        f"activation store {root} was collected from {what} than the ones given; a store holds the activations "
-        f"of one model on one dataset: use another path, pass overwrite=True to replace it, or, to resume or reuse "
-        f"it, call collect with the model, data (in the same order) and settings it was collected with")
-
-
-def _check_same_source(root: Path, old: dict[str, Any], settings: dict[str, Any], source: dict[str, Any]) -> None:
-    """Refuse to resume or reuse a store collected from another model or with other settings."""
-    if old["version"] < FORMAT_VERSION or "source" not in old:
-        raise StoreMismatchError(f"activation store {root} was made by an older interp_core that did not record "
-                                 f"which model and data it came from, so it cannot be resumed or reused; pass "
-                                 f"overwrite=True to collect it again")
-    was = old["source"]
-    if (was.get("model_class"), was.get("model")) != (source["model_class"], source["model"]):
-        same_class = was.get("model_class") == source["model_class"]
-        raise _mismatch(root, f"another model ({was.get('model_class')}, weights {str(was.get('model'))[:12]}, "
-                              f"vs {'the same class with other weights' if same_class else source['model_class']}, "
-                              f"weights {source['model'][:12]})")
-    if old.get("settings") != settings:
-        diff = {k: (old.get("settings", {}).get(k), v) for k, v in settings.items()
-                if old.get("settings", {}).get(k) != v}
-        detail = "; ".join(f"{k}={a!r} (given {b!r})" for k, (a, b) in diff.items())
-        raise _mismatch(root, f"other settings ({detail})")
-
-
 class _Run:
     """One pass of ``collect`` over the data: the model in analysis mode, a background shard writer."""
 
     def __init__(self, hm: Any, names: list[str], pool: Any, per_shard: int, dtype: torch.dtype | None, train: bool,
-                 progress: bool | None, total: int | None):
+                 progress: bool | None, total: int | None, rank: int = 0, world: int = 1, by_rank: bool = False):
         self.hm, self.names, self.pool, self.per_shard, self.dtype = hm, names, pool, per_shard, dtype
         self.train, self.progress, self.total = train, progress, total
+        self.rank, self.world, self.by_rank = rank, world, by_rank
+
+    def owns(self, i: int) -> bool:
+        """Whether data batch ``i`` is this rank's: global shard ``i // per_shard`` goes to rank
+        ``(i // per_shard) % world``."""
+        return self.by_rank or (i // self.per_shard) % self.world == self.rank
 
     def execute(self, store: ActivationStore, batches: Iterator[Batch], fresh: bool) -> None:
         m = store.manifest
@@ -895,6 +574,7 @@ class _Run:
         labelled = (LABELS in shards[0]["rows"]) if shards else None
         verify = hashlib.blake2b(digest_size=16)
         k = 0  # the stored shard whose input batches are being re-hashed
+        started = not fresh
         # Shards are written by one background thread while the model computes the next ones; at most one
         # shard waits in memory, and the manifest only ever lists shards that are fully on disk.
         try:
@@ -902,13 +582,19 @@ class _Run:
                 in_flight: Future | None = None
                 for i, batch in enumerate(batches):
                     seen = i + 1
-                    bh = _batch_hash(batch)
+                    own = self.owns(i)
+                    bh = _batch_hash(batch) if own or i == 0 else ""  # another rank hashes (and checks) it
                     if labelled is not None and (batch.labels is not None) != labelled:
                         raise InputError(f"data batch {i} {'has' if batch.labels is not None else 'has no'} labels "
                                          f"unlike the batches before it; give labels for all inputs or none")
                     labelled = batch.labels is not None
                     if i == 0 and m["source"]["data"] is not None and bh != m["source"]["data"]:
                         raise _mismatch(root, "other data (its first batch differs)")
+                    if not own:  # another rank's batch (distributed collection)
+                        if i == 0:
+                            m["source"]["data"] = bh
+                        bar.update(batch.size)
+                        continue
                     if i < done:  # already stored: check that it is the same batch
                         verify.update(bh.encode())
                         if i + 1 == shards[k]["batches"][1]:
@@ -921,11 +607,14 @@ class _Run:
                     _, cache = self.hm.run_with_cache(batch.inputs, sites=self.names, pool=self.pool)
                     if i == 0:
                         m["source"]["data"] = bh
-                        if fresh:  # the first forward worked: only now is an old store at the path replaced
-                            store._start_over()
+                    if not started:  # the first forward worked: only now is an old store at the path replaced
+                        store._start_over()
+                        started = True
+                    if not pending:
+                        start = i
                     pending.append((cache, batch.labels, batch.size, bh))
                     bar.update(batch.size)
-                    if len(pending) == self.per_shard:
+                    if (i + 1) % self.per_shard == 0:
                         if in_flight is not None:
                             in_flight.result()  # raises the writer's error, if any
                         in_flight = writer.submit(store._write_shard, pending, start, i + 1, self.dtype)
@@ -938,7 +627,18 @@ class _Run:
                     store._write_shard(pending, start, seen, self.dtype)
         finally:
             bar.close()
+        if not started:  # a rank with no shard of its own: its stale files still go
+            store._start_over()
         m["complete"] = True
-        m["totals"] = {"shards": len(shards), "batches": shards[-1]["batches"][1],
-                       "examples": shards[-1]["examples"][1]}
+        m["totals"] = {"shards": len(shards), "batches": seen,
+                       "examples": shards[-1]["examples"][1] if shards else 0}
         store._write_manifest()
+
+
+def _rank_of(file_name: str) -> int | None:
+    """The rank in a per-rank file name (``shard-r3-00001.safetensors``, ``manifest-r3.json``), or ``None``."""
+    stem = file_name.split("-r", 1)
+    if len(stem) != 2:
+        return None
+    digits = stem[1].split("-", 1)[0].split(".", 1)[0]
+    return int(digits) if digits.isdigit() else None

@@ -14,7 +14,10 @@
   each model alone. The layer is initialised by least squares (regress B's activation on A's) and then
   trained on the task loss with both models frozen.
 - :func:`universality_study` — CKA and matched-unit correlations for several model pairs, each against a
-  random-init baseline: one table and one figure set.
+  random-init baseline: one table and one figure set, with calibrated columns and, over seeds, intervals.
+- :func:`calibrate` / :func:`calibrated_score` — a score beside its random-init baseline in one calibrated form,
+  the share of the gap from the baseline to the ceiling, ``(score - random) / (1 - random)``, with a Student-t
+  interval over seeds, so a CartPole row (random-init CKA ~0.75) and a vision row (~0.3) read on one scale.
 
 Every function takes models of any kind (a CNN, a ViT, a policy) as a ``HookedModel`` or a plain ``nn.Module``
 (:func:`~interp_core.boundary.as_hooked`: the registered adapter names the sites) and data in any form
@@ -452,6 +455,7 @@ class Comparison:
     sites_b: Sequence[str]
     baseline: Any = None
     pool: PoolSpec = "mean"
+    group: str | None = None
 
 
 @dataclass
@@ -464,6 +468,32 @@ class UniversalityStudyResult(Result):
     matches: dict[str, FeatureMatchResult]
     sites: dict[str, tuple[list[str], list[str]]]
     config: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self, confidence: float = 0.95) -> list[dict[str, Any]]:
+        """One row per group of comparisons (:attr:`Comparison.group`; a comparison without one is its own
+        group): for each score with a baseline (``cka_depth``, ``cka_best``, ``matched_corr``), the mean of its
+        calibrated values over the group's comparisons (seeds) and a Student-t ``confidence`` interval:
+        ``{score}_calibrated``, ``{score}_calibrated_low`` / ``_high``, plus ``{score}`` and
+        ``{score}_baseline`` means and ``n_seeds``. Raises :class:`InputError` for a group of fewer than two
+        comparisons with baselines (no interval from one seed)."""
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in self.table:
+            groups.setdefault(row.get("group") or row["comparison"], []).append(row)
+        out = []
+        for name, rows in groups.items():
+            if any("cka_depth_baseline" not in r for r in rows):
+                raise InputError(f"group {name!r}: a comparison has no baseline; give every Comparison a random-init "
+                                 f"baseline to calibrate its scores")
+            summary: dict[str, Any] = {"group": name, "n_seeds": len(rows),
+                                       "comparisons": [r["comparison"] for r in rows]}
+            for score in _STUDY_SCORES:
+                cal = calibrate([r[score] for r in rows], [r[f"{score}_baseline"] for r in rows],
+                                confidence=confidence, name=f"{name}: {score}", argument=f"group {name!r}")
+                summary.update({score: float(np.mean(cal.scores)), f"{score}_baseline": float(np.mean(cal.baselines)),
+                                f"{score}_calibrated": cal.mean, f"{score}_calibrated_low": cal.low,
+                                f"{score}_calibrated_high": cal.high})
+            out.append(summary)
+        return out
 
     def plot(self) -> Any:
         """One row per comparison: CKA heatmap (trained), CKA heatmap (baseline), matched correlations."""
@@ -519,7 +549,8 @@ def universality_study(comparisons: Sequence[Comparison], method: Literal["hunga
         fa, fb = dict(zip(sa, xs)), dict(zip(sb, ys))
         corr = [match_units(fa[a], fb[b], method).correlations for a, b in pairs]
         idx = [(sa.index(a), sb.index(b)) for a, b in pairs]
-        row = {"comparison": c.name, "rows": int(xs[0].shape[0]), "sites_a": len(sa), "sites_b": len(sb),
+        row = {"comparison": c.name, **({"group": c.group} if c.group is not None else {}),
+               "rows": int(xs[0].shape[0]), "sites_a": len(sa), "sites_b": len(sb),
                "cka_depth": float(np.mean([M[i, j] for i, j in idx])), "cka_best": float(M.max(1).mean()),
                "matched_corr": float(np.mean([x.mean() for x in corr]))}
         base_corr = None
@@ -531,6 +562,8 @@ def universality_study(comparisons: Sequence[Comparison], method: Literal["hunga
             row.update({"cka_depth_baseline": float(np.mean([B[i, j] for i, j in idx])),
                         "cka_best_baseline": float(B.max(1).mean()),
                         "matched_corr_baseline": float(np.mean([x.mean() for x in base_corr]))})
+            for score in _STUDY_SCORES:
+                row[f"{score}_calibrated"] = _calibrated_or_nan(row[score], row[f"{score}_baseline"])
             bases[c.name] = B
         logger.info("universality %s: %s", c.name, row)
         table.append(row)
@@ -540,6 +573,127 @@ def universality_study(comparisons: Sequence[Comparison], method: Literal["hunga
     return UniversalityStudyResult(table, ckas, bases, matches, sites, {"method": method})
 
 
-__all__ = ["Comparison", "FeatureMatchResult", "StitchResult", "StitchingLayer", "UnitMatch",
-           "UniversalityStudyResult", "depth_pairs", "match_features", "match_units", "stitch",
-           "unit_correlations", "universality_study"]
+# ------------------------------------------------------------------------------------------ calibration
+_STUDY_SCORES = ("cka_depth", "cka_best", "matched_corr")
+
+
+def calibrated_score(score: Any, baseline: Any, ceiling: float = 1.0) -> Any:
+    """The share of the gap from the random-init baseline to the ceiling that a score closes.
+
+    ``calibrated = (score - baseline) / (ceiling - baseline)``: 0 when the trained model scores like its
+    random-init twin, 1 at the ceiling (CKA, a correlation, an accuracy: 1), negative below the baseline. The
+    same normalisation as "skill scores" of forecast verification and the "normalised score" of RL benchmarks
+    ((score - random) / (reference - random)). Works on floats and elementwise on arrays (broadcast).
+
+    Raises :class:`InputError` when a score or baseline is not finite, or when a baseline is at (or above) the
+    ceiling: there is no gap to close, so no calibrated value.
+    """
+    s = np.asarray(score, dtype=float)
+    b = np.asarray(baseline, dtype=float)
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(b))):
+        raise InputError(f"score, baseline: must be finite numbers, got score={score!r}, baseline={baseline!r}")
+    if not np.isfinite(ceiling):
+        raise InputError(f"ceiling: must be a finite number, got {ceiling!r}")
+    gap = ceiling - b
+    if np.any(gap <= 0):
+        raise InputError(f"baseline: a random-init baseline of {float(np.max(b)):.6g} reaches the ceiling {ceiling}; "
+                         f"there is no gap to calibrate against (compare at a site where the untrained model is "
+                         f"not already at the ceiling)")
+    out = (s - b) / gap
+    return float(out) if out.ndim == 0 else out
+
+
+def _calibrated_or_nan(score: float, baseline: float) -> float:
+    """The study's calibrated column: NaN (JSON null) where the baseline sits at the ceiling."""
+    try:
+        return float(calibrated_score(score, baseline))
+    except InputError:
+        return float("nan")
+
+
+@dataclass
+class CalibratedScore(Result):
+    """A score over seeds, calibrated against each seed's random-init baseline, with a Student-t interval.
+
+    ``values[i] = (scores[i] - baselines[i]) / (ceiling - baselines[i])``; ``mean`` their mean; ``[low, high]``
+    the two-sided ``confidence`` t-interval ``mean -/+ t_{n-1, (1 + confidence) / 2} * sd / sqrt(n)`` (``sd``
+    with ``ddof=1``).
+    """
+
+    name: str
+    scores: np.ndarray
+    baselines: np.ndarray
+    values: np.ndarray
+    mean: float
+    low: float
+    high: float
+    confidence: float
+    ceiling: float = 1.0
+    method: str = "student-t"
+
+    @property
+    def n(self) -> int:
+        return int(len(self.values))
+
+    def row(self) -> dict[str, Any]:
+        """The table row: raw and baseline means beside the calibrated mean and its interval."""
+        return {"name": self.name, "score": float(np.mean(self.scores)), "baseline": float(np.mean(self.baselines)),
+                "calibrated": self.mean, "low": self.low, "high": self.high, "n_seeds": self.n,
+                "confidence": self.confidence, "interval": self.method}
+
+    def plot(self, ax: Any = None) -> Any:
+        """The per-seed calibrated values (dots) with the mean and its interval (bar)."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(3, 3))
+        ax.scatter(np.zeros(self.n), self.values, color="0.5", zorder=2)
+        ax.errorbar([0], [self.mean], yerr=[[self.mean - self.low], [self.high - self.mean]], fmt="o", color="C0",
+                    capsize=4, zorder=3)
+        ax.axhline(0, color="0.7", lw=0.8)
+        ax.axhline(1, color="0.7", lw=0.8, ls="--")
+        ax.set_xticks([0], [self.name], fontsize=8)
+        ax.set_ylabel(f"calibrated (0 = random init, 1 = ceiling); {int(round(100 * self.confidence))}% t-interval")
+        return ax.figure
+
+
+def calibrate(scores: Sequence[float], baselines: Sequence[float] | float, confidence: float = 0.95,
+              ceiling: float = 1.0, name: str = "score", *, argument: str = "scores") -> CalibratedScore:
+    """Calibrate one score measured over seeds against the random-init baselines, with an interval over seeds.
+
+    Args:
+        scores: the score of each seed (``n >= 2``): a CKA, a matched-unit correlation, a probe accuracy.
+        baselines: each seed's random-init score (paired with ``scores``: seed ``i``'s trained model against its
+            own random-init twin), or one number for all seeds.
+        confidence: two-sided level of the interval, in (0, 1).
+        ceiling: the best possible score (1 for CKA, correlations and accuracies).
+        name: label of the result.
+
+    The interval is Student's t over the per-seed calibrated values, not a bootstrap: with the 2-5 seeds a zoo
+    ships, a percentile bootstrap has at most ``C(2n-1, n)`` distinct resamples (10 for three seeds) and its
+    interval is systematically too narrow, while the t-interval is exact for normal per-seed values and
+    conservative enough for small ``n`` (it widens with ``t_{n-1}``). Fewer than two seeds give no interval
+    and raise :class:`InputError`.
+    """
+    s = np.asarray(scores, dtype=float).reshape(-1)
+    b = np.broadcast_to(np.asarray(baselines, dtype=float), s.shape).copy() if np.ndim(baselines) == 0 else \
+        np.asarray(baselines, dtype=float).reshape(-1)
+    if s.shape != b.shape:
+        raise InputError(f"baselines: one per seed ({len(s)} scores) or one number, got {len(b)} baselines")
+    if len(s) < 2:
+        raise InputError(f"{argument}: an interval over seeds needs at least 2 seeds, got {len(s)}; train and "
+                         f"compare more seeds (the zoo ships @seed0..2), or report the single calibrated value "
+                         f"with calibrated_score(score, baseline)")
+    if not (isinstance(confidence, (float, int)) and 0 < confidence < 1):
+        raise InputError(f"confidence: a level in (0, 1) such as 0.95, got {confidence!r}")
+    from scipy import stats
+
+    values = np.asarray(calibrated_score(s, b, ceiling), dtype=float)
+    mean = float(values.mean())
+    half = float(stats.t.ppf((1 + confidence) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+    return CalibratedScore(name, s, b, values, mean, mean - half, mean + half, float(confidence), float(ceiling))
+
+
+__all__ = ["CalibratedScore", "Comparison", "calibrate", "calibrated_score", "FeatureMatchResult",
+           "StitchResult", "StitchingLayer", "UnitMatch", "UniversalityStudyResult", "depth_pairs",
+           "match_features", "match_units", "stitch", "unit_correlations", "universality_study"]

@@ -203,7 +203,9 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
         pool: pooling of the recorded activations, as in ``HookedModel.run_with_cache``.
         store: a folder: write activations into an :class:`~interp_core.ActivationStore` there (replayed in
             batches of ``store_chunk`` steps after the rollout, from the recorded inputs and states, which
-            gives the same activations) instead of keeping them in memory.
+            gives the same activations) instead of keeping them in memory. Under ``torchrun`` every rank
+            writes its own rollouts into the one store (rank 0's rows first); give each rank its own seed,
+            e.g. ``seed=base + interp_core.distributed.current_rank()[0]``.
         interventions: ``{site: intervention}`` active during the whole rollout (closed-loop edits).
         env_kwargs: keyword arguments for the env constructor; reset_options: passed to every ``reset``.
         world: ``world(env) -> {name: value}`` (or ``(values, visible)``), world variables of your own,
@@ -337,7 +339,7 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
         with agent.analysis():
             acts = ActivationStore.collect(agent, _replay(inputs_log, keep, store_chunk, recurrent, batch_dim),
                                            sites, path=store, pool=pool, batches_per_shard=8, resume=False,
-                                           progress=progress)
+                                           progress=progress, partition="ranks")  # each rank its own rollouts
     env_label = env if isinstance(env, str) else (getattr(agent, "env_id", None) if env is None else repr(env))
     config = {"agent": getattr(agent, "name", None), "env": env_label, "seed": seed, "n_envs": len(envs_),
               "steps": steps, "episodes": episodes, "deterministic": deterministic, "sites": sites, "pool": pool,

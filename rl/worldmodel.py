@@ -146,8 +146,13 @@ class WorldModelProbeResult(Result):
         import matplotlib.pyplot as plt
 
         variables = list(variables or dict.fromkeys(r["variable"] for r in self.rows))
-        fig, axes = plt.subplots(1, len(variables), figsize=(3.6 * len(variables), 3.4), squeeze=False)
-        for ax, var in zip(axes[0], variables):
+        # at most three panels a row, so the figure fits a report page (about 1100 px) at full size
+        ncols = min(3, len(variables))
+        nrows = -(-len(variables) // ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.3 * nrows + 0.6), squeeze=False)
+        for ax in axes.flat[len(variables):]:
+            ax.set_axis_off()
+        for ax, var in zip(axes.flat, variables):
             rows = [r for r in self.rows if r["variable"] == var and r["k"] == k]
             x = np.arange(len(rows))
             ax.plot(x, [r["score"] for r in rows], "o-", label="trained")
@@ -162,8 +167,9 @@ class WorldModelProbeResult(Result):
             ax.set_xticks(x)
             ax.set_xticklabels([r["site"] for r in rows], rotation=60, ha="right", fontsize=7)
             ax.set_ylim(min(0.0, *(r["score"] for r in rows)) if rows else 0, 1.05)
-        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        fig.tight_layout()
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
+        fig.tight_layout(rect=(0, 0.6 / (3.3 * nrows + 0.6), 1, 1))
         return fig
 
 
@@ -402,7 +408,7 @@ class CausalCheckResult(Result):
         """Bars with confidence intervals: probe-direction edit vs random-direction edit."""
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.3), squeeze=False)
         for ax, m in zip(axes[0], metrics):
             means = [self.summary[k][m]["mean"] for k in ("probe", "random")]
             err = [[means[i] - self.summary[k][m]["low"] for i, k in enumerate(("probe", "random"))],
@@ -410,10 +416,23 @@ class CausalCheckResult(Result):
             ax.bar([0, 1], means, yerr=err, color=["C0", "C7"], capsize=4)
             ax.set_xticks([0, 1])
             ax.set_xticklabels(["probe direction", "random direction"], fontsize=8)
-            ax.set_title(m, fontsize=9)
-        fig.suptitle(f"edit {self.config.get('site')} -> {self.config.get('variable')}", fontsize=9)
+            ax.set_title(CAUSAL_LABELS.get(m, m.replace("_", " ")), fontsize=9)
+        fig.suptitle(f"editing {self.config.get('site')} so the probe reads the other "
+                     f"{self.config.get('variable')} (bars: mean, whiskers: {self.config.get('level', 0.95):.0%} "
+                     f"interval)", fontsize=9)
         fig.tight_layout()
         return fig
+
+
+# plain words for the causal check's measures, used as figure titles
+CAUSAL_LABELS = {
+    "outcome_flip_rate": "episodes whose outcome flips",
+    "final_action_change_rate": "episodes whose last action changes",
+    "success_rate": "success rate with the edit",
+    "action_tv": "change of the action distribution\n(total variation, edited steps)",
+    "value_change": "change of the value estimate",
+    "decoded_target_rate": "edited steps the probe reads as the target",
+}
 
 
 def _ci(values: Sequence[float], level: float, rate: bool = False) -> dict[str, Any]:
@@ -621,10 +640,21 @@ def causal_check(agents: Any, site: str, variable: str, *, target: Any = "flip",
                 })
     metrics = ["outcome_flip_rate", "final_action_change_rate", "success_rate", "action_tv", "value_change",
                "decoded_target_rate"]
-    summary = {kind: {m: _ci([u[m] for u in units if u["edit"] == kind], level, m.endswith("_rate"))
-                      for m in metrics} for kind in ("probe", "random")}
+    names = list(dict.fromkeys(u["agent"] for u in units))
+
+    def values(kind: str, m: str) -> list[float]:
+        """One value per agent (the mean over its env seeds) when there are several agents, else per seed: the
+        interval speaks about agents, not about correlated runs of one agent."""
+        if len(names) < 2:
+            return [u[m] for u in units if u["edit"] == kind]
+        return [float(np.mean([u[m] for u in units if u["edit"] == kind and u["agent"] == a])) for a in names]
+
+    summary = {kind: {m: _ci(values(kind, m), level, m.endswith("_rate")) for m in metrics}
+               for kind in ("probe", "random")}
     config = {"site": site, "variable": variable, "target": target, "strength": strength, "episodes": episodes,
               "direction": direction, "seeds": list(seeds), "agents": [a.name for a in agent_list],
               "probe_episodes": probe_episodes,
-              "l2": l2, "level": level, "ci": "mean ± t_{n-1} x SE over (agent, seed) units"}
+              "l2": l2, "level": level,
+              "ci": (f"mean ± t_{{n-1}} x SE over the {len(names)} agents, each the mean over its env seeds"
+                     if len(names) > 1 else "mean ± t_{n-1} x SE over env seeds")}
     return CausalCheckResult(summary, float(np.mean(base_success)), units, config)

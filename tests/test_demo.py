@@ -39,9 +39,29 @@ def test_demo_writes_a_report_whose_findings_hold(tmp_path, capsys):
     assert all(r["cka_depth"] > r["cka_depth_baseline"] for r in universality)
     causal = section("RL: does the agent use that memory?")["numbers"]
     assert causal["probe"]["outcome_flip_rate"]["mean"] >= 0.8 >= 0.2 >= causal["random"]["outcome_flip_rate"]["mean"]
+    sae = section("Features: a sparse autoencoder on the digits CNN")["numbers"]
+    assert sae["fvu"] < 0.3 and sae["splice"]["kept"]["accuracy"]["zero"] > 0.9
+    latents = section("Features: which SAE latents decide 3 vs 8?")["table"]
+    assert {latents[0]["label (top exemplars)"], latents[1]["label (top exemplars)"]} & {"digit 3", "digit 8"}
+    circuit = section("Circuits: the digits ViT's 3-vs-8 circuit")["numbers"]
+    assert 0 < circuit["circuit_edges"] < circuit["n_edges"] // 2 and circuit["faithfulness"] > 0.8
+    curve = section("Circuits: faithfulness against random circuits")["numbers"]
+    at = curve["sizes"].index(circuit["circuit_edges"])
+    assert curve["random_mean"][at] < curve["faithfulness"][at] - 0.4
+    assert curve["faithfulness"][-1] == pytest.approx(1.0, abs=1e-4)  # every edge: the clean model
+    memory = section("RL: a sparse autoencoder on the T-maze agent's memory")["numbers"]
+    success = memory["success"]
+    assert memory["cue_latents"] and success["SAE spliced in"] >= 0.9
+    ablated = next(v for k, v in success.items() if k.endswith("cue latents ablated"))
+    assert ablated < 0.75 and success["memory.h zero-ablated"] < 0.75  # the cue latents carry the turn
+    toy = section("Features: superposition in toy models")["numbers"]
+    assert toy["n_represented"][-1] >= 4 and toy["n_represented"][-1] > toy["n_represented"][0]  # sparse: shared
     doorkey = section("RL: DoorKey")["table"]
     assert all(r["verdict"].startswith("not evidence") for r in doorkey)
     assert all(r["score"] > 0.98 for r in section("RL: CartPole")["table"])
+    from .test_report_browser import check_in_browser
+
+    check_in_browser(tmp_path / "report.html", "report-demo-quick.png", min_images=15)
 
 
 def test_a_missing_domain_is_reported_not_fatal(tmp_path):

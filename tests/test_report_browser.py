@@ -1,7 +1,8 @@
 """The report in a real browser: Debian's headless Chromium (installed by .ci/run where missing), driven by
 selenium through Debian's chromedriver (nothing downloads a browser build).
 
-Checked on a report written by ``interp report`` on a shipped model, plus hostile strings: no console errors,
+Checked on reports written by ``interp report``, ``interp circuit`` and ``interp sae`` on shipped models, plus
+hostile strings: no console errors,
 every image decoded (natural width > 0), every table-of-contents link lands on its section, no text wider
 than its box, user strings escaped (no injected element runs). A screenshot is saved beside the test output.
 """
@@ -44,6 +45,14 @@ def written_report(tmp_path_factory):
     x, y = vision.zoo.test_data("digits-vit")
     torch.save({"x": x[:60], "y": y[:60]}, out / "digits.pt")
     assert main(["report", "vision:digits-vit", "--data", str(out / "digits.pt"), "--out", str(out / "cli")]) == 0
+    threes, eights = x[y == 3][:6], x[y == 8][:6]
+    torch.save(threes, out / "threes.pt")
+    torch.save(eights, out / "eights.pt")
+    assert main(["--threads", "1", "circuit", "vision:digits-vit", "--clean", str(out / "threes.pt"), "--corrupted",
+                 str(out / "eights.pt"), "--metric", "logit_diff:3,8", "--method", "eap", "--n-random", "2",
+                 "--out", str(out / "circuit")]) == 0
+    assert main(["--threads", "1", "sae", "vision:digits-vit", "--data", str(out / "digits.pt"), "--site",
+                 "blocks.1.resid_post", "--latents", "32", "--k", "4", "--epochs", "1", "--out", str(out / "sae")]) == 0
     hostile = Report('<script>window.__pwned = 1</script> "quotes" & <b>tags</b>',
                      description="<img src=x onerror='window.__pwned=2'>")
     hostile.add("<i>class</i> names", table=[{"class": "<script>window.__pwned=3</script>", "score": 0.5,
@@ -52,9 +61,8 @@ def written_report(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("which", ["cli", "hostile"])
-def test_report_in_a_real_browser(written_report, which):
-    page = written_report / which / "report.html"
+def check_in_browser(page: Path, shot: str, min_images: int = 0, hostile: bool = False) -> None:
+    """Open ``page`` in headless Chromium and check it (module docstring); save a screenshot as ``shot``."""
     driver = _browser()
     try:
         driver.get(page.as_uri())
@@ -63,8 +71,7 @@ def test_report_in_a_real_browser(written_report, which):
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
         assert all(done and width > 0 for _, done, width in images), images
-        if which == "cli":
-            assert len(images) >= 3
+        assert len(images) >= min_images
         links = driver.execute_script("return Array.from(document.querySelectorAll('#contents a'))"
                                       ".map(a => a.getAttribute('href'))")
         assert len(links) >= 3
@@ -80,11 +87,17 @@ def test_report_in_a_real_browser(written_report, which):
             ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent.slice(0, 60))")
         assert not overflowing, overflowing
         assert driver.execute_script("return window.__pwned === undefined")
-        if which == "hostile":
+        if hostile:
             assert "<script>window.__pwned=3</script>" in driver.find_element("css selector", "td").text
         driver.execute_script("window.scrollTo(0, 0)")
         SHOTS.mkdir(exist_ok=True)
-        driver.save_screenshot(str(SHOTS / f"report-{which}.png"))
-        assert (SHOTS / f"report-{which}.png").stat().st_size > 10_000
+        driver.save_screenshot(str(SHOTS / shot))
+        assert (SHOTS / shot).stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize("which", ["cli", "circuit", "sae", "hostile"])
+def test_report_in_a_real_browser(written_report, which):
+    check_in_browser(written_report / which / "report.html", f"report-{which}.png",
+                     min_images=0 if which == "hostile" else 3, hostile=which == "hostile")

@@ -89,7 +89,7 @@ class Exemplars(Result):
 
         rows = list(units) if units is not None else list(range(min(len(self), max_units)))
         k = self.scores.shape[1]
-        fig, axes = plt.subplots(len(rows), k, figsize=(1.3 * k, 1.4 * len(rows) + 0.4), squeeze=False)
+        fig, axes = plt.subplots(len(rows), k, figsize=(1.15 * k + 0.6, 1.45 * len(rows) + 0.5), squeeze=False)
         for r, u in enumerate(rows):
             for j in range(k):
                 ax = axes[r][j]
@@ -113,13 +113,23 @@ class Exemplars(Result):
                 else:
                     ax.imshow(img[:3].permute(1, 2, 0).numpy())
                 if self.boxes is not None:
+                    # clipped to the image: a receptive field that runs past the border (padding) is drawn up
+                    # to the frame, and the line is inset so it is not cut by the axes' edge
+                    h, w = img.shape[-2:]
                     top, left, bottom, right = (int(v) for v in self.boxes[u, j])
-                    ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
-                                           edgecolor="red", linewidth=1.2))
-                ax.set_title(f"{float(self.scores[u, j]):.2g}", fontsize=7)
+                    top, left = max(top, 0), max(left, 0)
+                    bottom, right = min(bottom, h), min(right, w)
+                    d = 0.2 + 0.01 * max(h, w)  # inset, in pixels, so the frame does not hide the box
+                    ax.add_patch(Rectangle((left - 0.5 + d, top - 0.5 + d), right - left - 2 * d,
+                                           bottom - top - 2 * d, fill=False, edgecolor="red", linewidth=1.2,
+                                           clip_on=True))
+                ax.set_xlim(-0.5, img.shape[-1] - 0.5)
+                ax.set_ylim(img.shape[-2] - 0.5, -0.5)
+                ax.set_title(f"act {float(self.scores[u, j]):.2g}\nimage #{idx}", fontsize=7)
                 if j == 0:
                     ax.set_ylabel(self.units[u], fontsize=7)
-        fig.suptitle(f"top-{k} exemplars at {self.site} (by {self.config.get('by')})", fontsize=9)
+        fig.suptitle(f"top-{k} exemplars at {self.site}, by {self.config.get('by')} (title: the unit's "
+                     f"activation and the dataset index)", fontsize=9)
         fig.tight_layout()
         return fig
 

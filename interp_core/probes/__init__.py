@@ -3,7 +3,9 @@
 The package, by job:
 
 - :mod:`~interp_core.probes.base` — input validation and the scikit-learn estimator base;
-- :mod:`~interp_core.probes.solvers` — batched L-BFGS (logistic) and closed-form ridge;
+- :mod:`~interp_core.probes.solvers` — a generic lockstep L-BFGS (:func:`lbfgs_many`) and closed-form ridge;
+- :mod:`~interp_core.probes.joint` — the logistic solver: L-BFGS in whitened coordinates, every probe that
+  reads one feature matrix solved together (one wide product per evaluation);
 - :mod:`~interp_core.probes.linear` — :class:`LinearProbe` (``kind="logistic" | "ridge_classifier" |
   "linear" | "ridge"``) and :func:`fit_many` (many probes at once);
 - :mod:`~interp_core.probes.mlp` — :class:`MLPProbe`;
@@ -16,7 +18,7 @@ Probes are scikit-learn estimators: keyword-only parameters, ``fit(X, y)`` retur
 selection, learned state ends in ``_``, ``clone`` / ``Pipeline`` / ``GridSearchCV`` / ``cross_val_score``
 work, and ``sklearn.utils.estimator_checks.check_estimator`` passes (one exemption for the iterative solvers,
 logistic and MLP: ``check_sample_weight_equivalence_on_dense_data`` holds to the solver's ``tol``, not to the
-check's ``rtol=1e-7``; a float64 logistic probe at ``tol=1e-9`` passes it). ``X`` is ``[N, d]`` feature rows (e.g.
+check's ``rtol=1e-7``; a float64 logistic probe at ``tol=1e-11`` passes it). ``X`` is ``[N, d]`` feature rows (e.g.
 ``cache.features(site, pool=...)``), ``y`` is ``[N]`` labels (classifiers) or ``[N]`` / ``[N, t]`` targets
 (regressors); numpy arrays and tensors are both accepted.
 

@@ -47,6 +47,8 @@ def to_numpy_1d(v: ArrayLike, what: str) -> np.ndarray:
 
 def check_finite(X: torch.Tensor, what: str = "X") -> None:
     """Refuse NaN / inf entries with a message that says where they are (both words appear, as scikit-learn's)."""
+    if X.is_floating_point() and bool(torch.isfinite(X.sum())):  # NaN / inf propagate into the sum: fast path
+        return
     bad = ~torch.isfinite(X)
     if bool(bad.any()):
         rows = torch.nonzero(bad.any(1)).flatten()
@@ -108,6 +110,22 @@ def check_sample_weight(sample_weight: ArrayLike | None, n: int) -> torch.Tensor
     if sw.sum() <= 0:
         raise InputError("sample_weight: all sample weights are zero; give at least one row a positive weight")
     return torch.from_numpy(sw.copy())
+
+
+def _moments(X: torch.Tensor, w: torch.Tensor | None, rows: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column mean and standard deviation (``ddof=0``; weighted by ``w [N]`` summing to 1 when given) in
+    float64, two passes over row chunks (a float64 copy of all of ``X`` costs more than the arithmetic)."""
+    n = X.shape[0]
+    s1 = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
+    for i in range(0, n, rows):
+        c = X[i:i + rows].double()
+        s1 += c.sum(0) / n if w is None else w[i:i + rows] @ c
+    s2 = torch.zeros_like(s1)
+    for i in range(0, n, rows):
+        c = X[i:i + rows].double() - s1
+        c *= c
+        s2 += c.sum(0) / n if w is None else w[i:i + rows] @ c
+    return s1, s2.sqrt()
 
 
 # ---------------------------------------------------------------------------------------------- base class
@@ -246,14 +264,7 @@ class ProbeBase(BaseEstimator):
             raise InputError(f"constant_features must be 'error' or 'ignore', got {constant_features!r}")
         if not standardize:
             return torch.zeros(d, dtype=X.dtype, device=X.device), torch.ones(d, dtype=X.dtype, device=X.device)
-        Xd = X.double()
-        if sw is None:
-            mean = Xd.mean(0)
-            std = Xd.std(0, unbiased=False)
-        else:
-            w = (sw / sw.sum()).to(Xd.device)[:, None]
-            mean = (w * Xd).sum(0)
-            std = (w * (Xd - mean) ** 2).sum(0).sqrt()
+        mean, std = _moments(X, None if sw is None else (sw / sw.sum()).to(X.device, torch.float64))
         const = std <= 1e-12 * torch.clamp(mean.abs(), min=1.0)
         if bool(const.any()):
             cols = torch.nonzero(const).flatten().tolist()

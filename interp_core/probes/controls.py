@@ -36,6 +36,7 @@ from sklearn.utils.metaestimators import available_if
 
 from ..errors import InputError, InputTypeError
 from .base import ArrayLike, as_features, as_numpy, check_lengths, to_numpy_1d
+from .linear import LinearProbe, fit_many
 
 
 # ---------------------------------------------------------------------------------------------- types, labels
@@ -169,8 +170,13 @@ def selectivity(probe: Any, X: ArrayLike, y: ArrayLike, *, groups: ArrayLike | N
     sw = None if sample_weight is None else as_numpy(sample_weight)
     fit_kw = {} if sw is None else {"sample_weight": sw[tr]}
     tr_t, te_t = torch.as_tensor(tr, device=Xt.device), torch.as_tensor(te, device=Xt.device)
-    task = clone(probe).fit(Xt[tr_t], ya[tr], **fit_kw)
-    ctrl = clone(probe).fit(Xt[tr_t], cy[tr], **fit_kw)
+    task, ctrl, X_tr = clone(probe), clone(probe), Xt[tr_t]
+    if isinstance(probe, LinearProbe):  # task and control read the same rows: one joint solve
+        sw_tr = fit_kw.get("sample_weight")
+        fit_many([task, ctrl], [X_tr, X_tr], [ya[tr], cy[tr]], sample_weights=[sw_tr, sw_tr])
+    else:
+        task.fit(X_tr, ya[tr], **fit_kw)
+        ctrl.fit(X_tr, cy[tr], **fit_kw)
     task_score = float(task.score(Xt[te_t], ya[te]))
     control_score = float(ctrl.score(Xt[te_t], cy[te]))
     return {"task_score": task_score, "control_score": control_score,

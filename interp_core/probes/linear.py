@@ -6,9 +6,10 @@
   scikit-learn does): minimise ``sum_i s_i * CE_i + (l2 / 2) * ||W||^2`` (intercept not penalised), ``s_i``
   the sample weights (class weights included). This is scikit-learn's ``LogisticRegression(C=1 / l2)``; with
   ``standardize=True`` (default) the penalty applies to the standardised features, i.e. it matches
-  ``make_pipeline(StandardScaler(), LogisticRegression(C=1 / l2))``. Solved full-batch by L-BFGS in torch
-  (:func:`~interp_core.probes.solvers.lbfgs_many`, analytic gradients) to ``max |grad| <= tol`` of the
-  objective divided by ``sum_i s_i`` (scikit-learn's ``gtol``).
+  ``make_pipeline(StandardScaler(), LogisticRegression(C=1 / l2))``. Solved full-batch by preconditioned
+  L-BFGS in torch (:func:`~interp_core.probes.joint.fit_logistic_joint`: whitened coordinates of the feature
+  matrix, analytic gradients, probes sharing a matrix solved together) to ``max |grad| <= tol`` of the
+  objective divided by ``sum_i s_i`` (scikit-learn's ``gtol``), taken in the original coordinates.
 - ``kind="ridge"`` / ``"ridge_classifier"`` — minimise ``sum_i s_i (y_i - x_i W - b)^2 + l2 ||W||^2``
   (scikit-learn's ``Ridge(alpha=l2)`` / ``RidgeClassifier(alpha=l2)``, which regresses ±1 targets and takes
   the argmax), closed form in float64; ``kind="linear"`` is least squares (``l2`` ignored).
@@ -42,7 +43,8 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError, SiteError
 from .base import ArrayLike, ProbeBase, check_finite
-from .solvers import lbfgs_many, logistic_fg, ridge_solve
+from .joint import LogisticTask, fit_logistic_joint
+from .solvers import ridge_solve
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +123,18 @@ class LinearProbe(ProbeBase):
         fit_many([self], [X], [y], sample_weights=[sample_weight])
         return self
 
-    def _setup(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None) -> dict:
-        """Validate, encode labels, compute standardisation; returns what the solvers need."""
+    def _setup(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None, memo: dict | None = None) -> dict:
+        """Validate, encode labels, compute standardisation; returns what the solvers need. ``memo`` shares
+        the standardisation statistics between probes of one :func:`fit_many` call that read the same rows."""
         self._validate_params()
         X, y, sw = self._validate_fit(X, y, sample_weight)
-        mean, scale = self._standardize_stats(X, self.standardize, self.constant_features, sw)
+        key = (X.data_ptr(), tuple(X.shape), X.stride(), X.dtype, X.device, self.standardize, self.constant_features)
+        if memo is not None and sw is None and key in memo:
+            mean, scale = memo[key]
+        else:
+            mean, scale = self._standardize_stats(X, self.standardize, self.constant_features, sw)
+            if memo is not None and sw is None:
+                memo[key] = (mean, scale)
         info: dict[str, Any] = {"X": X, "mean": mean, "scale": scale}
         if self.is_classifier:
             classes, yi = self._encode_labels(y)
@@ -393,15 +402,21 @@ class LinearProbe(ProbeBase):
 
 def fit_many(probes: Sequence[LinearProbe], Xs: Sequence[ArrayLike], ys: Sequence[ArrayLike],
              sample_weights: Sequence[ArrayLike | None] | None = None, warm_start: bool = True,
-             progress: bool | None = False) -> list[LinearProbe]:
-    """Fit several linear probes at once (e.g. one per site); returns them fitted.
+             progress: bool | None = False, *, precondition: bool = True, joint: bool = True) -> list[LinearProbe]:
+    """Fit several linear probes at once (e.g. one per site and variable); returns them fitted.
 
-    Logistic probes are solved by :func:`~interp_core.probes.solvers.lbfgs_many`: on CPU one after the other
-    (each probe's rows stay in cache), on accelerators all in lockstep (a probe that has converged costs
-    nothing more); the others in closed form. With ``warm_start`` (CPU), a logistic problem whose labels equal
-    an earlier problem's starts from that solution (in standardised coordinates) when it has the lower
-    objective — for a sweep over the layers of a residual network this about halves the L-BFGS iterations;
-    the problems are convex, so the optimum (to ``tol``) is the same. ``progress``: a bar over the problems
+    Logistic probes that read the same feature matrix (the same ``X``, or equal values, with the same
+    standardisation and solver settings; e.g. several variables or a task and its control at one site) are
+    solved together by :func:`~interp_core.probes.joint.fit_logistic_joint`: L-BFGS in whitened coordinates of
+    that matrix (``precondition``; the same objective, so the same optimum, with several times fewer
+    iterations) and one wide product per evaluation for all of them (``joint``); each probe keeps its own
+    L-BFGS memory and its own stopping test ``max |grad| <= tol`` in the original coordinates, so the result
+    equals separate fits to ``tol``. ``precondition=False`` / ``joint=False`` switch the levers off (for
+    measurement; the optimum is the same). The other kinds are solved in closed form.
+
+    With ``warm_start``, a logistic problem whose labels (and weights) equal an earlier feature matrix's
+    problem starts from that solution (in standardised coordinates) when it has the lower objective; the
+    problems are convex, so the optimum (to ``tol``) is the same. ``progress``: a bar over the probes
     (``None``: only on a terminal).
     """
     sample_weights = list(sample_weights) if sample_weights is not None else [None] * len(probes)
@@ -410,64 +425,74 @@ def fit_many(probes: Sequence[LinearProbe], Xs: Sequence[ArrayLike], ys: Sequenc
     for p in probes:
         if not isinstance(p, LinearProbe):
             raise InputError(f"fit_many fits LinearProbe objects, got {type(p).__name__}; call .fit on it")
-    infos = [p._setup(X, y, sw) for p, X, y, sw in zip(probes, Xs, ys, sample_weights)]
+    memo: dict = {}
+    infos = [p._setup(X, y, sw, memo) for p, X, y, sw in zip(probes, Xs, ys, sample_weights)]
     bar = tqdm(total=len(probes), desc="probes", disable=None if progress is None else not progress, leave=False)
-    logistic = [i for i, p in enumerate(probes) if p.kind == "logistic"]
     for i, p in enumerate(probes):
         if p.kind != "logistic":
             p._fit_closed_form(infos[i])
             bar.update(1)
-    # group by (shape of the parameter vector, solver settings) so each group shares one lockstep L-BFGS
-    groups: dict[tuple, list[int]] = {}
-    for i in logistic:
-        p, info = probes[i], infos[i]
-        n_out = 1 if len(p.classes_) == 2 else len(p.classes_)
-        key = (info["X"].shape[1], n_out, p.fit_intercept, int(p.max_iter), float(p.tol), int(p.history),
-               _torch_dtype(p.dtype), info["X"].device)
-        groups.setdefault(key, []).append(i)
-    for (d, n_out, fit_intercept, max_iter, tol, history, dtype, device), members in groups.items():
-        fgs = []
+    groups = _shared_matrix_groups(probes, infos, joint)
+    done: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []  # (y, sw, beta) for warm starts
+    for members in groups:
+        p0, info0 = probes[members[0]], infos[members[0]]
+        dtype = _torch_dtype(p0.dtype)
+        Xs_ = ((info0["X"].to(dtype) - info0["mean"].to(dtype)) / info0["scale"].to(dtype)).contiguous()
+        tasks = []
         for i in members:
             p, info = probes[i], infos[i]
-            Xs_ = ((info["X"].to(dtype) - info["mean"].to(dtype)) / info["scale"].to(dtype)).contiguous()
+            start = None
+            if warm_start:
+                for y_prev, sw_prev, beta in reversed(done):
+                    if _same(y_prev, info["y"]) and _same(sw_prev, info["sw"]):
+                        start = beta if beta.shape[1] == Xs_.shape[1] + int(p.fit_intercept) else None
+                        break
             sw = info["sw"]
-            fgs.append(logistic_fg(Xs_, info["y"], None if sw is None else sw.to(dtype), n_out, float(p.l2),
-                                   fit_intercept))
-        p_len = d * n_out + (n_out if fit_intercept else 0)
-        w0 = torch.zeros(len(members), p_len, dtype=dtype, device=device)
-        if device.type == "cpu":
-            # one problem after the other: each problem's rows stay in cache across its iterations, which on
-            # CPU beats cycling through all problems every iteration (see fit_many's docstring for warm starts)
-            outs = []
-            for j, i in enumerate(members):
-                start = w0[j:j + 1]
-                if warm_start:
-                    y_j = infos[i]["y"]
-                    for jj in range(j - 1, -1, -1):
-                        y_prev = infos[members[jj]]["y"]
-                        if y_prev.shape == y_j.shape and torch.equal(y_prev, y_j):
-                            cand = outs[jj][0]
-                            if fgs[j](cand[0])[0] < fgs[j](start[0])[0]:
-                                start = cand.clone()
-                            break
-                outs.append(lbfgs_many(lambda k, wk, j=j: fgs[j](wk), start, max_iter=max_iter, tol=tol,
-                                       history=history))
-                bar.update(1)
-            w = torch.cat([o[0] for o in outs])
-            n_iter = np.concatenate([o[1] for o in outs])
-            conv = np.concatenate([o[2] for o in outs])
-        else:  # accelerators: all problems in lockstep
-            w, n_iter, conv = lbfgs_many(lambda k, wk: fgs[k](wk), w0, max_iter=max_iter, tol=tol, history=history)
-            bar.update(len(members))
-        for j, i in enumerate(members):
+            tasks.append(LogisticTask(y=info["y"], n_out=1 if len(p.classes_) == 2 else len(p.classes_),
+                                      sw=None if sw is None else sw.to(dtype), l2=float(p.l2), tol=float(p.tol),
+                                      max_iter=int(p.max_iter), start=start))
+        outs = fit_logistic_joint(Xs_, tasks, fit_intercept=p0.fit_intercept, history=int(p0.history),
+                                  precondition=precondition)
+        d = Xs_.shape[1]
+        for i, (beta, n_iter, conv) in zip(members, outs):
             p, info = probes[i], infos[i]
-            W = w[j, : d * n_out].view(n_out, d).T
-            b = w[j, d * n_out:] if fit_intercept else torch.zeros(n_out, dtype=dtype, device=device)
-            p._set_solution(W, b, info["mean"], info["scale"], d)
-            p.n_iter_ = max(1, int(n_iter[j]))
-            p.converged_ = bool(conv[j])
-            if not conv[j]:
+            b = beta[:, d] if p.fit_intercept else torch.zeros(beta.shape[0], dtype=beta.dtype, device=beta.device)
+            p._set_solution(beta[:, :d].T, b, info["mean"], info["scale"], d)
+            p.n_iter_ = max(1, int(n_iter))
+            p.converged_ = bool(conv)
+            done.append((info["y"], info["sw"], beta))
+            if not conv:
                 logger.warning("logistic probe %d did not reach tol=%g in %d iterations; raise max_iter or l2",
-                               i, tol, max_iter)
+                               i, p.tol, p.max_iter)
+        bar.update(len(members))
     bar.close()
     return list(probes)
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.device == b.device and bool(torch.equal(a, b))
+
+
+def _shared_matrix_groups(probes: Sequence[LinearProbe], infos: list[dict], joint: bool) -> list[list[int]]:
+    """The logistic probes, grouped by the standardised feature matrix they read (same rows, same
+    standardisation) and the settings one joint solve shares (intercept, dtype, L-BFGS memory); in order."""
+    groups: list[tuple[tuple, dict, list[int]]] = []
+    for i, p in enumerate(probes):
+        if p.kind != "logistic":
+            continue
+        info = infos[i]
+        X = info["X"]
+        key = (tuple(X.shape), X.dtype, X.device, bool(p.fit_intercept), _torch_dtype(p.dtype), int(p.history))
+        for k, ref, members in groups if joint else []:
+            if k != key:
+                continue
+            Xr = ref["X"]
+            same_x = (X.data_ptr() == Xr.data_ptr() and X.stride() == Xr.stride()) or bool(torch.equal(X, Xr))
+            if same_x and torch.equal(info["mean"], ref["mean"]) and torch.equal(info["scale"], ref["scale"]):
+                members.append(i)
+                break
+        else:
+            groups.append((key, info, [i]))
+    return [members for _, _, members in groups]

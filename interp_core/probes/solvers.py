@@ -1,10 +1,10 @@
-"""Solvers of the linear probes (``interp_core.probes``): batched L-BFGS for the logistic objective and the
-closed-form (weighted) ridge solution.
+"""Solvers of the linear probes (``interp_core.probes``): a generic lockstep L-BFGS over K smooth problems
+(:func:`lbfgs_many`) and the closed-form (weighted) ridge solution (:func:`ridge_solve`).
 
-These are hand-written rather than scikit-learn's because they run on the suite's batched tensors (float32,
-on the tensors' device, several sites at once): ``benchmarks/probes.py`` measures one logistic probe per site
-for the 12 blocks of a ViT (20,000 rows, d = 192, 10 classes) against 12 ``LogisticRegression`` fits at the
-same gradient tolerance, and the tests check both against scikit-learn's optima.
+The logistic probes themselves are solved by the preconditioned joint L-BFGS of
+:mod:`~interp_core.probes.joint` (whitened coordinates, one wide product per evaluation for every probe of a
+feature matrix); ``benchmarks/probes.py`` measures it against scikit-learn's ``LogisticRegression`` at the same
+gradient tolerance, and the tests check both solvers against scikit-learn's optima.
 """
 
 from __future__ import annotations
@@ -110,54 +110,6 @@ def lbfgs_many(fg: FG, w0: torch.Tensor, max_iter: int = 500, tol: float = 1e-4,
                 active[k] = False
         slot = (slot + 1) % history
     return w, n_iter, converged
-
-
-def logistic_fg(X: torch.Tensor, y: torch.Tensor, sw: torch.Tensor | None, n_out: int, l2: float,
-                 fit_intercept: bool) -> Callable[[torch.Tensor], tuple[float, torch.Tensor]]:
-    """Objective ``(sum_i s_i CE_i + l2/2 ||W||^2) / sum_i s_i`` and its gradient for flat ``w``.
-
-    ``w`` packs ``W^T [n_out, d]`` then, with an intercept, ``b [n_out]``. ``n_out == 1``: sigmoid loss with
-    ``y in {0, 1}``; otherwise softmax cross-entropy with ``y`` class indices. Computed in the transposed
-    layout (``[n_out, N]`` logits), which is several times faster on CPU than ``[N, n_out]`` for small
-    ``n_out`` (softmax over a short leading axis, matmuls with contiguous operands).
-    """
-    n, d = X.shape
-    Xt = X.T.contiguous()
-    total = float(sw.sum()) if sw is not None else float(n)
-    scale = (sw / total).to(X.dtype)[None, :] if sw is not None else None
-    if n_out == 1:
-        target = y.to(X.dtype)[None, :]
-    else:
-        target = torch.zeros(n_out, n, dtype=X.dtype, device=X.device)
-        target[y, torch.arange(n, device=X.device)] = 1.0
-    reg = l2 / total
-
-    def fg(w: torch.Tensor) -> tuple[float, torch.Tensor]:
-        Wt = w[: d * n_out].view(n_out, d)
-        Z = Wt @ Xt
-        if fit_intercept:
-            Z += w[d * n_out:, None]
-        if n_out == 1:
-            losses = torch.nn.functional.softplus(Z) - target * Z
-            G = torch.sigmoid(Z) - target
-        else:
-            logp = torch.log_softmax(Z, dim=0)
-            losses = -(logp * target)
-            G = logp.exp_() - target
-        if scale is not None:
-            loss = float((losses * scale).sum(dtype=torch.float64))
-            G *= scale
-        else:
-            loss = float(losses.sum(dtype=torch.float64)) / n
-            G *= 1.0 / n
-        gW = G @ X
-        gW += reg * Wt
-        loss += 0.5 * reg * float((Wt.double() ** 2).sum())
-        if fit_intercept:
-            return loss, torch.cat([gW.reshape(-1), G.sum(1)])
-        return loss, gW.reshape(-1)
-
-    return fg
 
 
 def ridge_solve(Xs: torch.Tensor, Y: torch.Tensor, sw: torch.Tensor | None, l2: float,

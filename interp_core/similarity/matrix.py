@@ -79,7 +79,7 @@ def similarity_matrix(model_a: Any, model_b: Any = None, data: Any = None,
                       measure: str | Callable = "linear_cka", pool: PoolSpec = "mean",
                       max_batches: int | None = None, name_a: str = "model A",
                       name_b: str = "model B", *, batch_size: int | None = None,
-                      progress: bool | None = None) -> SimilarityMatrixResult:
+                      progress: bool | None = None, all_reduce: bool = False) -> SimilarityMatrixResult:
     """Similarity between every site of A and every site of B over the same inputs.
 
     Args:
@@ -104,6 +104,11 @@ def similarity_matrix(model_a: Any, model_b: Any = None, data: Any = None,
             :func:`~interp_core.boundary.auto_batch_size`).
         progress: tqdm progress bars over the batches (and the site pairs of non-streaming measures);
             ``None``: only on a terminal.
+        all_reduce: under ``torch.distributed``, where each rank passes its own disjoint slice of ``data``: sum
+            the streaming accumulators over the ranks (:meth:`LinearCKAAccumulator.all_reduce`) before the
+            matrix is computed, so every rank returns the single-process matrix over all ranks' rows (and
+            ``n_rows`` counts them all). Streaming measures only (``"linear_cka"``, ``"debiased_cka"``,
+            ``"minibatch_cka"``); a no-op without ``torch.distributed``. A collective: every rank must call.
 
     Returns:
         :class:`SimilarityMatrixResult` with ``matrix`` ``[len(sites_a), len(sites_b)]``.
@@ -122,6 +127,9 @@ def similarity_matrix(model_a: Any, model_b: Any = None, data: Any = None,
         raise InputError("sites_a, sites_b: no sites to compare; pass sites_a= and sites_b=")
     streaming = isinstance(measure, str) and (measure in STREAMING or measure == "minibatch_cka")
     fn = None if streaming else get_measure(measure)  # an unknown name fails here, before any forward
+    if all_reduce and not streaming:
+        raise InputError(f"all_reduce=True sums streaming accumulators over ranks; measure {measure!r} keeps rows. "
+                         f"Use 'linear_cka', 'debiased_cka' or 'minibatch_cka', or gather the rows yourself")
     name = measure if isinstance(measure, str) else getattr(measure, "__name__", "custom")
     t0 = time.perf_counter()
     common = dict(batch_size=batch_size, progress=progress, desc=f"similarity ({name})")
@@ -129,6 +137,8 @@ def similarity_matrix(model_a: Any, model_b: Any = None, data: Any = None,
         acc = (LinearCKAAccumulator(**STREAMING[measure]) if measure in STREAMING else MinibatchCKA(debiased=True))
         for xs, ys in iter_pair_batches(model_a, model_b, data, sites_a, sites_b, pool, max_batches, **common):
             acc.update(xs, ys)
+        if all_reduce:
+            acc.all_reduce()
         M, n = acc.matrix(), acc.n_
     else:
         xs, ys = collect_features(model_a, model_b, data, sites_a, sites_b, pool, max_batches, **common)
@@ -143,6 +153,7 @@ def similarity_matrix(model_a: Any, model_b: Any = None, data: Any = None,
         warnings.warn(f"{name}: undefined (NaN) for sites constant over these inputs (model A: {bad_a}, model B: "
                       f"{bad_b}); e.g. a ReLU that never fires. Use more varied data or other sites",
                       InterpWarning, stacklevel=2)
-    config = {"pool": pool, "max_batches": max_batches, "batch_size": batch_size, "name_a": name_a,
+    config = {"pool": pool, "max_batches": max_batches, "batch_size": batch_size, "all_reduce": all_reduce,
+              "name_a": name_a,
               "name_b": name_b, "seconds": time.perf_counter() - t0}
     return SimilarityMatrixResult(M, sites_a, sites_b, name, int(n), config)

@@ -13,7 +13,10 @@ Envs come from a registry (:mod:`rl.envs.registry`): each module listed in :data
 Built in: ``CartPole-*`` (:class:`CartPoleWorld`), any ``MiniGrid-*`` id such as ``MiniGrid-Empty-5x5-v0``,
 ``MiniGrid-DoorKey-5x5-v0``, ``MiniGrid-DoorKey-8x8-v0``, ``MiniGrid-MemoryS7-v0`` (:class:`MiniGridWorld`,
 image observation via ``ImgObsWrapper``; the Memory envs record the cue and the matching side instead of a
-goal), and ``TMaze-v0`` (:class:`TMazeEnv` + :class:`TMazeWorld`). :func:`register` adds a user's own env.
+goal), ``TMaze-v0`` (:class:`TMazeEnv` + :class:`TMazeWorld`) and ``MiniGrid-CueMaze-v0`` (a MiniGrid T-maze
+whose cue is out of view at the decision, :mod:`rl.envs.cuemaze`). MiniGrid ids take ``pixels=TILE`` for
+RGB frames of the partial view (``7 * TILE`` pixels square) instead of the integer codes. :func:`register`
+adds a user's own env.
 
 Any other gymnasium env works with :func:`rl.collect` too, without world variables or with those of a
 function of the env (:class:`FunctionWorld`).
@@ -27,17 +30,19 @@ from interp_core.errors import InputError
 
 from .base import FunctionWorld, Variable, WorldWrapper, find_world_wrapper, world_wrapper
 from .cartpole import CartPoleWorld
+from .cuemaze import CueMazeEnv, CueMazeWorld
 from .gridworld import MiniGridWorld, bfs_distance, visible_cells
 from .registry import EnvRegistry, EnvSpec
 from .tmaze import TMazeEnv, TMazeWorld
 
 __all__ = ["Variable", "WorldWrapper", "FunctionWorld", "find_world_wrapper", "world_wrapper", "CartPoleWorld",
-           "MiniGridWorld", "TMazeEnv", "TMazeWorld", "bfs_distance", "visible_cells", "make", "ENV_IDS",
+           "MiniGridWorld", "CueMazeEnv", "CueMazeWorld", "TMazeEnv", "TMazeWorld", "bfs_distance", "visible_cells",
+           "make", "ENV_IDS",
            "ENV_MODULES", "EnvSpec", "EnvRegistry", "REGISTRY", "register", "unregister", "spec", "find_spec",
            "variables", "action_names", "registered_ids", "make_any"]
 
 #: The modules whose ``SPECS`` make the built-in registry (a new env file is added here, once).
-ENV_MODULES = ("cartpole", "gridworld", "tmaze")
+ENV_MODULES = ("cartpole", "gridworld", "tmaze", "cuemaze")
 
 REGISTRY = EnvRegistry(ENV_MODULES, package=__name__)
 

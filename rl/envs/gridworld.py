@@ -262,15 +262,24 @@ class MiniGridWorld(WorldWrapper):
         visible["match_side"] = visible["cue"] and bool(seen[match_pos] or seen[other_pos])
 
 
-def _make(env_id: str, image_only: bool = True, **kwargs: Any) -> MiniGridWorld:
+def _make(env_id: str, image_only: bool = True, pixels: int | None = None, **kwargs: Any) -> MiniGridWorld:
     """``env_id`` with ``MiniGridWorld`` outside ``ImgObsWrapper`` (``image_only``: observe only the egocentric
-    image, as the zoo agents do; ``False`` keeps MiniGrid's dict observation, then ``agent_dir`` is visible)."""
+    image, as the zoo agents do; ``False`` keeps MiniGrid's dict observation, then ``agent_dir`` is visible).
+
+    ``pixels=TILE``: observe RGB frames of the same partial view instead of the integer codes
+    (``RGBImgPartialObsWrapper``: ``[7 * TILE, 7 * TILE, 3]`` uint8, ``TILE`` pixels per cell); the world
+    variables and their visibility are unchanged (the frames show the same cells)."""
     try:
         import minigrid  # noqa: F401  (registers the MiniGrid ids)
-        from minigrid.wrappers import ImgObsWrapper
+        from minigrid.wrappers import ImgObsWrapper, RGBImgPartialObsWrapper
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ImportError("MiniGrid envs need the 'minigrid' package: pip install 'interp-suite[rl]'") from e
+    if pixels is not None and (isinstance(pixels, bool) or not isinstance(pixels, (int, np.integer)) or pixels < 1):
+        raise InputError(f"pixels: the tile size in pixels per cell (an int >= 1, e.g. 4 for 28x28 frames), got "
+                         f"{pixels!r}")
     env = gym.make(env_id, **kwargs)
+    if pixels is not None:
+        env = RGBImgPartialObsWrapper(env, tile_size=int(pixels))
     return MiniGridWorld(ImgObsWrapper(env) if image_only else env)
 
 

@@ -1,19 +1,29 @@
 """Tiny trained agents (``rl.zoo``): ``rl.zoo.load("doorkey-ppo@seed1")``.
 
-========================= ============================ ===================================== =================
-name                      env                          architecture                          target (100 ep.)
-========================= ============================ ===================================== =================
-``cartpole-ppo``          ``CartPole-v1``              MLP 64-64 (tanh), SB3 PPO             mean return >= 475
-``doorkey-ppo``           ``MiniGrid-DoorKey-5x5-v0``  3-layer CNN + 64 (``MiniGridCNN``),   success >= 90%
-                                                       SB3 PPO
-``tmaze-recurrent``       ``TMaze-v0`` (corridor 3-6)  LSTM 32 + 32, sb3-contrib            success >= 95%
-                                                       RecurrentPPO
-``tmaze-noisy-recurrent`` ``TMaze-v0`` (corridor 3-6,  same as ``tmaze-recurrent``           success >= 95%
-                          4 random distractor bits)
-``memory-recurrent``      ``MiniGrid-MemoryS7-v0``     ``MiniGridCNN`` + LSTM 128 (actor and  success >= 90%
-                                                       critic LSTMs), sb3-contrib
-                                                       RecurrentPPO, stops at the target
-========================= ============================ ===================================== =================
+=========================== ============================ ===================================== =================
+name                        env                          architecture                          target (100 ep.)
+=========================== ============================ ===================================== =================
+``cartpole-ppo``            ``CartPole-v1``              MLP 64-64 (tanh), SB3 PPO             mean return >= 475
+``doorkey-ppo``             ``MiniGrid-DoorKey-5x5-v0``  3-layer CNN + 64 (``MiniGridCNN``),   success >= 90%
+                                                         SB3 PPO
+``tmaze-recurrent``         ``TMaze-v0`` (corridor 3-6)  LSTM 32 + 32, sb3-contrib            success >= 95%
+                                                         RecurrentPPO
+``tmaze-noisy-recurrent``   ``TMaze-v0`` (corridor 3-6,  same as ``tmaze-recurrent``           success >= 95%
+                            4 random distractor bits)
+``memory-recurrent``        ``MiniGrid-MemoryS7-v0``     ``MiniGridCNN`` + LSTM 128 (actor and  success >= 90%
+                                                         critic LSTMs), sb3-contrib
+                                                         RecurrentPPO, stops at the target
+``cuemaze-recurrent``       ``MiniGrid-CueMaze-v0``      ``MiniGridOneHotCNN`` + LSTM 64       success >= 95%
+                            (corridor 1-2)               (shared), sb3-contrib RecurrentPPO,
+                                                         stops at the target
+``cuemaze-noisy-recurrent`` ``MiniGrid-CueMaze-v0``      same as ``cuemaze-recurrent``         success >= 95%
+                            (corridor 2-4, side walls
+                            recoloured at random every
+                            step)
+``doorkey-pixels-ppo``      ``MiniGrid-DoorKey-5x5-v0``  ``PixelCNN`` (3 conv) + 64 on RGB     success >= 90%
+                            from RGB frames (28x28x3,    frames, SB3 PPO, stops at the target
+                            ``pixels=4``)
+=========================== ============================ ===================================== =================
 
 The noisy T-maze is the better control setting: in the clean one the observation sequence after the cue is
 deterministic, so even a random-init LSTM keeps the two cue conditions linearly separable; the distractor
@@ -22,6 +32,15 @@ bits wash the cue out of the random-init twin over the corridor while the traine
 seeds 0, 1, 2 stopped at 409,600, 716,800 and 614,400 steps with 100% success); on MemoryS7 the cue is in
 view from the split, and the agents mostly look back at it rather than remember it (see
 ``benchmarks/memory_s7.py``).
+
+``cuemaze-recurrent`` is the agent that needs its memory: in ``MiniGrid-CueMaze-v0`` (:mod:`rl.envs.cuemaze`) the
+cue is shown only on the start cell and no observation at the junction shows it (tested on the observations), so
+its success above 50% is memory: with its LSTM state reset at every step, or untrained, it is at chance
+(``tests/rl/test_memory_cuemaze.py``); its encoder sees one-hot object / colour / state codes
+(``MiniGridOneHotCNN``: on raw codes a key and a ball of one colour differ by 1 in one input, and an agent on
+2-4-cell corridors sat at chance for 61k steps). ``cuemaze-noisy-recurrent`` holds the cue over longer corridors
+while the walls beside it change colour at random every step. ``doorkey-pixels-ppo`` solves DoorKey from RGB frames
+of the partial view (``rl.envs.make("MiniGrid-DoorKey-5x5-v0", pixels=4)``) instead of MiniGrid's integer codes.
 
 Each in seeds 0, 1, 2 (``NAME@seedN``; the bare name is seed 0), trained by
 ``python -m rl.zoo.train NAME --seed N`` (deterministic from the seed, one thread). Checkpoints are the

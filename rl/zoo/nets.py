@@ -32,3 +32,66 @@ class MiniGridCNN(BaseFeaturesExtractor):
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return self.linear(self.cnn(observations.float()))
+
+
+class PixelCNN(BaseFeaturesExtractor):
+    """A small CNN for RGB frames of MiniGrid's partial view (``RGBImgPartialObsWrapper``, e.g. 28x28 at 4
+    pixels per cell); SB3's NatureCNN needs >= 36x36 inputs and is larger than this task needs.
+
+    ``[batch, 3, H, W]`` (SB3 scales uint8 pixels to [0, 1]) -> conv 3x3 (16) -> ReLU -> max-pool 2x2 ->
+    conv 3x3 (32) -> ReLU -> max-pool 2x2 -> conv 3x3 (32) -> ReLU -> flatten -> linear -> ReLU
+    ``[batch, features_dim]`` (28x28: 26 -> 13 -> 11 -> 5 -> 3, so 288 flattened features).
+    """
+
+    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 64):
+        super().__init__(observation_space, features_dim)
+        c = observation_space.shape[0]
+        self.cnn = nn.Sequential(
+            nn.Conv2d(c, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 32, 3), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n = self.cnn(torch.zeros(1, *observation_space.shape)).shape[1]
+        self.linear = nn.Sequential(nn.Linear(n, features_dim), nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.cnn(observations.float()))
+
+
+class MiniGridOneHotCNN(BaseFeaturesExtractor):
+    """:class:`MiniGridCNN` on one-hot MiniGrid codes: each cell's (object, colour, state) integer codes become
+    ``11 + 6 + 3 = 20`` indicator channels before the same 3-layer CNN.
+
+    On raw codes a key and a ball of the same colour differ by 1 in one input of 147 (object codes 5 and 6),
+    a signal a recurrent agent takes hundreds of thousands of steps to pick up (MemoryS7); one-hot codes make
+    every object type its own channel. ``[batch, 3, 7, 7]`` -> ``[batch, 20, 7, 7]`` -> conv 2x2 (16) -> ReLU ->
+    max-pool 2x2 -> conv 2x2 (32) -> ReLU -> conv 2x2 (64) -> ReLU -> flatten -> linear -> ReLU
+    ``[batch, features_dim]``.
+    """
+
+    SIZES = (11, 6, 3)  # MiniGrid's OBJECT_TO_IDX, COLOR_TO_IDX, STATE_TO_IDX sizes
+
+    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 64):
+        super().__init__(observation_space, features_dim)
+        c = sum(self.SIZES)
+        self.cnn = nn.Sequential(
+            nn.Conv2d(c, 16, 2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 2), nn.ReLU(),
+            nn.Conv2d(32, 64, 2), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n = self.cnn(torch.zeros(1, c, *observation_space.shape[1:])).shape[1]
+        self.linear = nn.Sequential(nn.Linear(n, features_dim), nn.ReLU())
+
+    def one_hot(self, observations: torch.Tensor) -> torch.Tensor:
+        """``[batch, 3, h, w]`` integer codes -> ``[batch, 20, h, w]`` indicators."""
+        codes = observations.round().long()
+        parts = [nn.functional.one_hot(codes[:, i].clamp(0, n - 1), n).permute(0, 3, 1, 2)
+                 for i, n in enumerate(self.SIZES)]
+        return torch.cat(parts, 1).to(torch.float32)
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.cnn(self.one_hot(observations)))

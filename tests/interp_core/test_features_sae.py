@@ -148,7 +148,12 @@ def test_initialisation_encoder_transpose_and_bias():
     X = X + 2.0
     sae = SparseAutoencoder(20, variant="topk", k=3, normalize=None, bias_init="mean")
     m = sae.build(X)
-    torch.testing.assert_close(m.W_enc, m.W_dec)  # W_enc [n, d] equals (W_dec^T)^T
+    torch.testing.assert_close(m.W_enc, 0.1 * m.W_dec)  # W_enc [n, d] = 0.1 (W_dec^T)^T for TopK ("auto")
+    for variant, scale, want in (("relu", "auto", 1.0), ("jumprelu", "auto", 1.0), ("topk", 0.5, 0.5)):
+        m2 = SparseAutoencoder(20, variant=variant, k=3, normalize=None, encoder_init_scale=scale).build(X)
+        torch.testing.assert_close(m2.W_enc, want * m2.W_dec)
+    with pytest.raises(InputError, match="encoder_init_scale"):
+        SparseAutoencoder(20, encoder_init_scale=0).build(X)
     torch.testing.assert_close(m.W_dec.norm(dim=1), torch.ones(20))
     torch.testing.assert_close(m.b_dec, X.mean(0))
     med = SparseAutoencoder(20, variant="topk", k=3, normalize=None, bias_init="geometric_median").build(X).b_dec

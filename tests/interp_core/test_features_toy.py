@@ -69,3 +69,13 @@ def test_phase_diagram_n2_m1():
     sup = pd.phase == 2
     assert bool((w[..., 0] * w[..., 1])[sup].lt(0).all())  # antipodal
     assert pd.plot() is not None
+
+
+def test_readme_figures_are_written(tmp_path):
+    import matplotlib.image
+
+    paths = toy.readme_figures(tmp_path, n_steps=30, progress=False)
+    assert [p.name for p in paths] == ["toy_geometry.png", "toy_phase.png"]
+    for p in paths:
+        img = matplotlib.image.imread(p)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 0  # a real, non-blank picture

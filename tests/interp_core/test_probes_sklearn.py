@@ -51,7 +51,7 @@ def test_sklearn_estimator_checks(estimator):
 
 def test_logistic_sample_weight_equivalence_is_a_tolerance_matter():
     check_sample_weight_equivalence_on_dense_data(
-        "LinearProbe", LinearProbe(kind="logistic", dtype="float64", tol=1e-9, max_iter=3000))
+        "LinearProbe", LinearProbe(kind="logistic", dtype="float64", tol=1e-11, max_iter=3000))
 
 
 def _data(n=600, d=8, classes=3, seed=0):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -262,7 +263,8 @@ def test_train_true_uses_batch_statistics_and_restores_buffers(tmp_path):
     model = make_cnn(0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = batches(n=2)
-    with pytest.warns(InterpWarning, match="train mode"):  # run_with_cache says so once
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InterpWarning)  # train mode was asked for: no train-mode warning
         store = collect(model, data, tmp_path, train=True, batches_per_shard=1)
     assert not model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     # the truth for the first batch, by hand: block = relu(bn2(conv2(relu(bn1(conv1(stem))))) + stem) with

@@ -50,8 +50,17 @@ def test_tmaze_causal_edit_flips_the_turn():
     assert probe["outcome_flip_rate"]["mean"] >= 0.8 and rand["outcome_flip_rate"]["mean"] <= 0.2
     assert probe["decoded_target_rate"]["mean"] >= 0.95  # the edit does what it says
     assert rand["decoded_target_rate"]["mean"] <= 0.2
-    assert len(probe["outcome_flip_rate"]["values"]) == 9  # one unit per agent seed x episode seed
+    # the interval is over the 3 agents, each the mean of its 3 episode seeds (Student-t, by hand here)
+    per_agent = np.array([np.mean([u["outcome_flip_rate"] for u in res.units if u["edit"] == "probe"
+                                   and u["agent"] == a.name]) for a in agents])
+    assert probe["outcome_flip_rate"]["values"] == pytest.approx(per_agent.tolist())
     lo, hi = probe["outcome_flip_rate"]["low"], probe["outcome_flip_rate"]["high"]
+    if per_agent.std() > 0:
+        from scipy import stats
+
+        half = stats.t.ppf(0.975, df=2) * per_agent.std(ddof=1) / np.sqrt(3)
+        assert lo == pytest.approx(max(0.0, per_agent.mean() - half))
+        assert hi == pytest.approx(min(1.0, per_agent.mean() + half))
     assert lo <= probe["outcome_flip_rate"]["mean"] <= hi
     assert res.plot() is not None
 
