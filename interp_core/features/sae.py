@@ -585,7 +585,7 @@ class SparseAutoencoder:
     def load(cls, path: str | os.PathLike) -> "SparseAutoencoder":
         """An SAE written by :meth:`save`."""
         try:
-            blob = torch.load(Path(path), weights_only=False)
+            blob = torch.load(Path(path), weights_only=True)
         except (OSError, RuntimeError) as e:
             raise StoreError(f"path: cannot read an SAE from {path}: {e}") from None
         if not isinstance(blob, Mapping) or "params" not in blob:

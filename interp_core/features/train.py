@@ -273,7 +273,7 @@ def fit_saes(source: Any, saes: Mapping[str, SparseAutoencoder | Sequence[Sparse
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         try:
-            blob = torch.load(path, weights_only=False)
+            blob = torch.load(path, weights_only=True)
         except Exception as e:  # a torn or foreign file
             raise StoreError(f"checkpoint: cannot read {path} ({e}); delete it to start over") from None
         if blob.get("format") != FORMAT or blob.get("config") != config:
