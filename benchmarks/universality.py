@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 import matplotlib
+from _timing import pin_threads, pools
+
+pin_threads(1)  # torch and every BLAS pool, before numpy / scipy / scikit-learn load theirs
 
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
@@ -139,7 +142,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rl-steps", type=int, default=1000, help="steps per agent for the RL state set")
     args = ap.parse_args()
-    torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     t0 = time.perf_counter()
     comps, n_digits = vision_comparisons()
@@ -166,7 +168,8 @@ def main() -> None:
         "A = the trained seed-0 model, or its random-init twin (baseline). CartPole: agreement with B's actions."),
         table=stitched)
     report.write(out)
-    payload = {"setup": {"digits_rows": n_digits, "rl_rows": rl_rows, "pool": "mean", "method": "hungarian",
+    payload = {"pools": pools(),
+               "setup": {"digits_rows": n_digits, "rl_rows": rl_rows, "pool": "mean", "method": "hungarian",
                          "seconds": time.perf_counter() - t0},
                "table": result.table, "cka": result.cka, "cka_baseline": result.cka_baseline,
                "sites": result.sites, "stitching": stitched,
