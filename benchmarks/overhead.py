@@ -17,6 +17,10 @@ sites), where a bare forward takes tens of microseconds and per-call hook set-up
 ``run_with_cache`` (its traced fast path, :mod:`interp_core.traced`) against plain torch forward hooks
 registered and removed per call (what any hook-based cache does), hooks registered once, captum's
 ``LayerActivation`` and nnsight, as medians of paired per-repetition ratios of process CPU time (target <= 1.2).
+The traced graph can come in under 1.0: it calls each module's ``forward`` directly (what ``Module.__call__``
+does when no hook is registered, which it checks per call), skipping ``__call__``'s dispatch that the bare
+eager forward pays per module; the agent's graph covers its tensor ``step``, with the numpy preparation
+outside it (``traced_method`` / ``traced_call``). Outputs and activations are bit for bit the hooks' (tests).
 
 Every comparison runs its variants interleaved in one process, one torch and BLAS thread (printed in the
 results), medians of paired ratios with process CPU time beside wall time (:mod:`benchmarks._timing`).

@@ -261,15 +261,14 @@ class HookedModel:
             self._plans[key] = plan
         if plan is None:
             return None
-        gm, inlined, axes, names, modules = plan
+        graph, inlined, axes, names, modules = plan
         if not traced_usable(self.model, modules, inlined):
             return None
-        grad_before = torch.is_grad_enabled()
-        torch.set_grad_enabled(False)
-        try:
-            out, recorded = self._call(inputs, gm.forward)
-        finally:
-            torch.set_grad_enabled(grad_before)
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                out, recorded = self._call(inputs, graph)
+        else:
+            out, recorded = self._call(inputs, graph)
         return out, ActivationCache.trusted(dict(zip(names, recorded)), axes, names)
 
     def _call(self, inputs: Inputs, fn: Callable | None = None) -> Any:

@@ -9,13 +9,21 @@ Activations are returned as the graph computed them — no copy — unless some 
 place (``ReLU(inplace=True)``, ``out += x``, ``x.add_(...)``), in which case each is copied where it is produced,
 as the hooks do. It is used only when it gives exactly what the hooks give (tested bit for bit): every asked
 site is a plain module output (no virtual sites, no read/write functions), no gradients and no interventions
-are asked for, every module is in eval mode (``torch.fx`` bakes ``self.training`` into the graph), no forward
-override is active, and no hook is registered on a module whose code the graph inlines (the graph would skip it) or
-globally. Anything else, and any model that does not trace, takes the hook path.
+are asked for, every module whose code the graph inlines is in eval mode (``torch.fx`` bakes ``self.training``
+into the graph), no forward override is active, and no hook is registered on any module or globally (the graph
+calls modules' ``forward`` directly, as ``Module.__call__`` does when there are none). Anything else, and any
+model that does not trace, takes the hook path.
+
+A model whose ``forward`` first turns its arguments into tensors (an RL policy wrapper taking numpy
+observations) does not trace as a whole, but it can offer its tensor part: an attribute ``traced_method``
+naming a method on tensors only (traced instead of ``forward``; ``None``: do not trace), and
+``traced_call(fn, *args, **kwargs)``, which prepares ``forward``'s arguments and calls ``fn`` on them — the
+graph built from that method, here; the method itself in ``forward``, so the two paths cannot drift apart.
 """
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -65,14 +73,14 @@ class _Tracer(fx.Tracer):
 
 
 class TracedCache:
-    """``(GraphModule, inlined modules)`` per (sites, pooling) key, built on first use; ``None`` where the model
-    does not trace or a site is not a node of the graph."""
+    """``(graph call, inlined modules, axes, sites)`` per (sites, pooling) key, built on first use; ``None``
+    where the model does not trace or a site is not a node of the graph."""
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.graphs: dict[Any, Any] = {}
 
-    def get(self, sites: Sequence[Any], pools: dict[str, Any]) -> tuple[fx.GraphModule, list[nn.Module], dict,
+    def get(self, sites: Sequence[Any], pools: dict[str, Any]) -> tuple[Callable, list[nn.Module], dict,
                                                                         dict] | None:
         key = tuple((s.name, repr(pools.get(s.name))) for s in sites)
         got = self.graphs.get(key)
@@ -85,8 +93,13 @@ class TracedCache:
         if any(s.kind != "output" or s.read is not None or s.write is not None for s in sites):
             return _FAILED
         leaves = {s.module_path for s in sites if s.module_path}
+        method = getattr(self.model, "traced_method", "forward")
+        if method is None:
+            return _FAILED
+        tracer = _Tracer(leaves)
+        tracer.traced_func_name = method
         try:
-            graph = _Tracer(leaves).trace(self.model)
+            graph = tracer.trace(self.model)
         except Exception:  # data-dependent control flow, numpy inside forward, ...: the hooks serve
             return _FAILED
         calls: dict[str, list[fx.Node]] = {}
@@ -123,34 +136,40 @@ class TracedCache:
         _flatten_module_calls(gm)
         axes = {s.name: (s.axes if pools.get(s.name) is None or "pos" not in s.axes
                          else tuple(a for a in s.axes if a != "pos")) for s in sites}
-        return gm, inlined, axes, {s.name: s for s in sites}
+        call = gm.forward if method == "forward" else functools.partial(self.model.traced_call, gm.forward)
+        return call, inlined, axes, {s.name: s for s in sites}
 
 
 def _flatten_module_calls(gm: fx.GraphModule) -> None:
-    """Call each module through one plain instance attribute (``self._m3(x)``) instead of ``nn.Module``'s
-    ``__getattr__`` chain (``getattr(self.policy.net, "0")(x)``): the same modules, a few microseconds less per
-    forward at batch 1. The aliases live in the instance ``__dict__`` only (not submodules: ``state_dict`` and
-    ``modules()`` are unchanged)."""
+    """Call each module's ``forward`` through one plain instance attribute (``self._m3.forward(x)``) instead of
+    ``nn.Module``'s ``__getattr__`` chain and ``__call__`` (``getattr(self.policy.net, "0")(x)``). With no hook
+    registered anywhere (which :func:`usable` checks before every call) ``Module.__call__`` does exactly that, so
+    the results are the same, a microsecond per module cheaper at batch 1. The aliases live in the instance
+    ``__dict__`` only (not submodules: ``state_dict`` and ``modules()`` are unchanged); ``forward`` is looked up
+    per call, so a later ``module.forward = ...`` is honoured."""
     for i, node in enumerate(n for n in gm.graph.nodes if n.op == "call_module"):
         alias = f"_m{i}"
         gm.__dict__[alias] = gm.get_submodule(str(node.target))
-        node.target = alias
+        node.target = f"{alias}.forward"
     gm.recompile()
 
 
 def usable(model: nn.Module, modules: Sequence[nn.Module], inlined: Sequence[nn.Module]) -> bool:
-    """Whether the graph computes exactly what the model would now: eval mode everywhere, no forward override,
-    no hook that the graph would skip."""
+    """Whether the graph computes exactly what the model would now: no forward override, no hook anywhere (the
+    graph calls modules' ``forward`` directly and skips inlined modules' calls), and eval mode in every module
+    whose code the graph inlines (``torch.fx`` bakes ``self.training`` into the graph; modules the graph calls
+    read their own flag)."""
     from torch.nn.modules import module as module_mod
 
     from .forwards import _REGISTRY
 
-    if len(_REGISTRY) or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
+    if (len(_REGISTRY) or module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks
+            or module_mod._global_backward_hooks or module_mod._global_backward_pre_hooks):
         return False
     for m in modules:
-        if m.training:
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
             return False
     for m in inlined:
-        if m._forward_hooks or m._forward_pre_hooks:
+        if m.training:
             return False
     return True

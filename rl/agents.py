@@ -196,12 +196,8 @@ class PlainPolicyModule(_PolicyModuleBase):
         _, (hn, cn) = m(seq, (state[0].unsqueeze(0), state[1].unsqueeze(0)))
         return hn[0], cn[0]
 
-    def forward(self, obs: Any, state: State | None = None, episode_start: Any = None) -> PolicyOutput:
-        with _threads(self.threads):
-            return self._forward(obs, state, episode_start)
-
-    def _forward(self, obs: Any, state: State | None, episode_start: Any) -> PolicyOutput:
-        x = self.obs_in(self.prepare(obs))
+    def step(self, x: torch.Tensor, state: State | None, episode_start: Any) -> PolicyOutput:
+        x = self.obs_in(x)
         feat = self.features_out(self.net.encoder(x))
         batch = feat.shape[0]
         new_state: State | None = None
@@ -218,7 +214,7 @@ class PlainPolicyModule(_PolicyModuleBase):
             latent = h
         logits = self.logits_out(self.net.actor(latent))
         critic = getattr(self.net, "critic", None)
-        value = critic(latent) if critic is not None else torch.zeros(batch, 1, device=logits.device)
+        value = critic(latent) if critic is not None else torch.zeros_like(logits[:, :1])
         value = self.value_out(value.reshape(batch, 1))
         return PolicyOutput(logits, value[:, 0], new_state)
 

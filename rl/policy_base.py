@@ -138,6 +138,26 @@ class _PolicyModuleBase(nn.Module):
             return out.logits.argmax(-1)
         return torch.multinomial(torch.softmax(out.logits, -1), 1, generator=generator)[:, 0]
 
+    def forward(self, obs: Any, state: State | None = None, episode_start: Any = None) -> PolicyOutput:
+        return self.traced_call(self.step, obs, state, episode_start)
+
+    def traced_call(self, fn: Any, obs: Any, state: State | None = None, episode_start: Any = None) -> Any:
+        """``fn(prepared obs, state, episode_start)`` with this module's thread count: :meth:`forward` with
+        ``fn=self.step``, the traced fast path of ``run_with_cache`` with ``fn`` = the graph built from
+        :meth:`step` (the numpy-to-tensor preparation does not trace; see :mod:`interp_core.traced`)."""
+        with _threads(self.threads):
+            return fn(self.prepare(obs), state, episode_start)
+
+    @property
+    def traced_method(self) -> str | None:
+        """The tensor-only method the traced fast path builds its graph from (``None`` for recurrent policies,
+        whose state handling branches on its inputs: they take the hooks)."""
+        return None if self.recurrent else "step"
+
+    def step(self, x: torch.Tensor, state: State | None, episode_start: Any) -> PolicyOutput:
+        """One step on an observation batch already :meth:`prepare`-d."""
+        raise NotImplementedError
+
     def __init__(self) -> None:
         super().__init__()
         # identity modules: their outputs are the canonical sites; patching them patches the computation

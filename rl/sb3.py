@@ -21,7 +21,7 @@ from torch import nn
 from interp_core.errors import InputError, InputTypeError
 from interp_core.sites import Site
 
-from .policy_base import PolicyOutput, State, _leaves, _mask_state, _plain_rnn_kernels, _PolicyModuleBase, _threads
+from .policy_base import PolicyOutput, State, _leaves, _mask_state, _plain_rnn_kernels, _PolicyModuleBase
 
 
 class _SB3Module(_PolicyModuleBase):
@@ -211,13 +211,9 @@ class SB3PolicyModule(_SB3Module):
         return tuple(state)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, obs: Any, state: State | None = None, episode_start: Any = None) -> PolicyOutput:
-        with _threads(self.threads):
-            return self._forward(obs, state, episode_start)
-
-    def _forward(self, obs: Any, state: State | None, episode_start: Any) -> PolicyOutput:
+    def step(self, x: torch.Tensor, state: State | None, episode_start: Any) -> PolicyOutput:
         p = self.net
-        x = self.to_network(self.obs_in(self.prepare(obs)))
+        x = self.to_network(self.obs_in(x))
         batch = x.shape[0]
         if p.share_features_extractor:
             pi_feat = vf_feat = self.features_out(p.features_extractor(x))
@@ -299,21 +295,20 @@ class SB3QModule(_SB3Module):
         self._add("value", "value_out", "max_a Q(s, a)", ("batch", "feature"))
         self._mirror_training(policy)
 
-    def forward(self, obs: Any, state: State | None = None, episode_start: Any = None) -> PolicyOutput:
-        with _threads(self.threads):
-            p = self.net
-            qnet = p.quantile_net if self.quantile else p.q_net
-            x = self.to_network(self.obs_in(self.prepare(obs)))
-            feat = self.features_out(qnet.features_extractor(x))
-            raw = self._head(feat)
-            if self.quantile:
-                quantiles = self.quantiles_out(raw.view(-1, qnet.n_quantiles, self.n_actions))
-                q = quantiles.mean(dim=1)
-            else:
-                q = raw
-            q = self.logits_out(self.q_values_out(q))
-            value = self.value_out(q.max(dim=-1, keepdim=True).values)
-            return PolicyOutput(q, value[:, 0], None, None, self.action_kind)
+    def step(self, x: torch.Tensor, state: State | None, episode_start: Any) -> PolicyOutput:
+        p = self.net
+        qnet = p.quantile_net if self.quantile else p.q_net
+        x = self.to_network(self.obs_in(x))
+        feat = self.features_out(qnet.features_extractor(x))
+        raw = self._head(feat)
+        if self.quantile:
+            quantiles = self.quantiles_out(raw.view(-1, qnet.n_quantiles, self.n_actions))
+            q = quantiles.mean(dim=1)
+        else:
+            q = raw
+        q = self.logits_out(self.q_values_out(q))
+        value = self.value_out(q.max(dim=-1, keepdim=True).values)
+        return PolicyOutput(q, value[:, 0], None, None, self.action_kind)
 
 
 class SB3ActorCriticQModule(_SB3Module):
@@ -372,15 +367,11 @@ class SB3ActorCriticQModule(_SB3Module):
         self._add("value", "value_out", "min over critics of Q_i(s, a)", ("batch", "feature"))
         self._mirror_training(policy)
 
-    def forward(self, obs: Any, state: State | None = None, episode_start: Any = None) -> PolicyOutput:
-        with _threads(self.threads):
-            return self._forward(obs)
-
-    def _forward(self, obs: Any) -> PolicyOutput:
+    def step(self, x: torch.Tensor, state: State | None, episode_start: Any) -> PolicyOutput:
         from stable_baselines3.sac.policies import LOG_STD_MAX, LOG_STD_MIN
 
         actor, critic = self.net.actor, self.net.critic
-        x = self.to_network(self.obs_in(self.prepare(obs)))
+        x = self.to_network(self.obs_in(x))
         feat = self.features_out(actor.features_extractor(x))
         log_std = None
         if self.squashed:

@@ -121,3 +121,59 @@ def test_virtual_sites_take_the_hooks_and_agree():
     x = torch.randn(2, 3, 16, 16)
     fast, slow, _ = _pairs(vit, x, ["blocks.0.attn.z", "blocks.1.resid_post"])
     _equal(fast, slow)
+
+
+def test_hooks_on_called_modules_and_their_own_train_flags_are_honoured():
+    """The graph calls modules' ``forward`` directly: a hook anywhere sends the call to the hook path (and the
+    hook's edit takes effect); a called module's own train flag is read live, as the hooks path reads it."""
+    model = make_policy()
+    hm = HookedModel(model)
+    x = torch.randn(4, 6)
+    ref = hm.run_with_cache(x, sites=["0", "2"])
+    h = model[0].register_forward_hook(lambda m, a, o: o * 0)
+    try:
+        _, cache = hm.run_with_cache(x, sites=["0", "2"])
+        assert torch.count_nonzero(cache["0"]) == 0
+    finally:
+        h.remove()
+    _equal(hm.run_with_cache(x, sites=["0", "2"]), ref)
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU()).eval()
+    net[1].train()  # the root in eval mode, one called module in train mode: batch statistics, live
+    hb = HookedModel(net)
+    fast, slow, used = _pairs(hb, torch.randn(16, 6), ["1", "2"])
+    assert used
+    _equal(fast, slow)
+
+
+@pytest.mark.parametrize("name", ["cartpole-ppo", "doorkey-pixels-ppo", "tmaze-recurrent"])
+def test_agents_trace_their_tensor_step(name):
+    """Policy wrappers prepare numpy observations outside the graph (``traced_method`` / ``traced_call``): the
+    graph of their ``step`` gives bit for bit what the hooks give; recurrent agents take the hooks."""
+    import numpy as np
+
+    import rl
+
+    agent = rl.zoo.load(name)
+    space = agent.model.net.observation_space
+    space.seed(0)
+    obs = np.stack([space.sample() for _ in range(3)])
+    fast, slow, used = _pairs(agent, obs, agent.default_sites)
+    assert used == (not agent.model.recurrent)
+    assert torch.equal(fast[0].logits, slow[0].logits) and torch.equal(fast[0].value, slow[0].value)
+    assert list(fast[1]) == list(slow[1]) and all(torch.equal(fast[1][k], slow[1][k]) for k in fast[1])
+    # one unbatched observation, as a rollout step gives it
+    fast, slow, _ = _pairs(agent, obs[0], ["logits"])
+    assert torch.equal(fast[0].logits, slow[0].logits) and torch.equal(fast[1]["logits"], slow[1]["logits"])
+
+
+def test_plain_policy_agent_traces_with_its_preprocess():
+    from rl import agents
+
+    from ..rl.test_agents import _CNNPolicy
+
+    torch.manual_seed(0)
+    agent = agents.wrap(_CNNPolicy().eval(), obs_shape=(7, 7, 3))
+    fast, slow, used = _pairs(agent, torch.rand(2, 7, 7, 3), ["obs", "encoder.0", "encoder.out", "logits"])
+    assert used
+    assert torch.equal(fast[0].logits, slow[0].logits)
+    assert all(torch.equal(fast[1][k], slow[1][k]) for k in fast[1])
