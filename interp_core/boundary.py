@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -177,20 +178,53 @@ def _to_tensor(x: Any, argument: str) -> torch.Tensor:
     raise InputTypeError(f"{argument}: expected a tensor or numpy array, got {type(x).__name__}")
 
 
+_SLOTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _model_tensor_slots(module: nn.Module) -> tuple:
+    """``((owner, name) of the first parameter, (owner, name) of the first floating one or None, whether the
+    model has a layer that needs batched inputs)``, found once per module (walking ``parameters()`` costs tens
+    of microseconds, more than a small policy's forward). The slots are read live (:func:`_param_at`), so they
+    follow ``.to()``, ``.double()`` and replaced parameters."""
+    got = _SLOTS.get(module)
+    if got is None:
+        first = floating = None
+        for path, p in module.named_parameters():
+            owner, _, name = path.rpartition(".")
+            slot = (module.get_submodule(owner), name)
+            first = first or slot
+            if p.is_floating_point():
+                floating = slot
+                break
+        batched = any(isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in module.modules())
+        got = _SLOTS[module] = (first, floating, batched)
+    return got
+
+
+def _param_at(module: nn.Module, which: int) -> torch.Tensor | None:
+    slot = _model_tensor_slots(module)[which]
+    if slot is None:
+        return None
+    p = slot[0]._parameters.get(slot[1])
+    if p is None:  # the parameter was removed since: look again
+        _SLOTS.pop(module, None)
+        return _param_at(module, which)
+    return p
+
+
 def _float_dtype(model: Any) -> torch.dtype | None:
     module = getattr(model, "model", model)
     if isinstance(module, nn.Module):
-        for p in module.parameters():
-            if p.is_floating_point():
-                return p.dtype
+        p = _param_at(module, 1)
+        return p.dtype if p is not None and p.is_floating_point() else None
     return None
 
 
 def _device(model: Any) -> torch.device | None:
     module = getattr(model, "model", model)
     if isinstance(module, nn.Module):
-        for p in module.parameters():
-            return p.device
+        p = _param_at(module, 0)
+        return p.device if p is not None else None
     return None
 
 
@@ -407,12 +441,7 @@ def _cat(parts: list[Any], argument: str) -> Any:
 
 def _expects_batched(model: Any) -> bool:
     module = getattr(model, "model", model)
-    if not isinstance(module, nn.Module):
-        return False
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return True
-    return False
+    return isinstance(module, nn.Module) and _model_tensor_slots(module)[2]
 
 
 def auto_batch_size(model: Any, sites: Sequence[str] | None = None, budget_bytes: int = BATCH_BUDGET_BYTES) -> int:

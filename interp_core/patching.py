@@ -139,23 +139,43 @@ def _grid_dims(site: Site, per: Per) -> tuple[int, ...]:
     return dims
 
 
+def _unit_coords(shape: Sequence[int], dims: Sequence[int], units: torch.Tensor) -> list[torch.Tensor]:
+    """Each unit's (flat index into the grid) coordinate along every grid dimension: ``len(dims)`` tensors
+    of ``len(units)`` indices."""
+    rest = units.clone()
+    idx = []
+    for size in reversed([shape[d] for d in dims]):
+        idx.append(rest % size)
+        rest = rest // size
+    return idx[::-1]
+
+
 def _unit_masks(shape: Sequence[int], dims: Sequence[int], units: torch.Tensor) -> torch.Tensor:
     """Boolean masks selecting each unit (flat index into the grid), broadcastable to ``[len(units), *shape]``
     (size 1 along the dimensions that are not grid dimensions)."""
-    grid = [shape[d] for d in dims]
-    # size 1 along the dimensions that are not the grid's: the masks broadcast (a full-size mask per chunk
-    # cost as much as the patch itself)
     masks = torch.ones(len(units), *[shape[d] if d in dims else 1 for d in range(len(shape))], dtype=torch.bool)
-    rest = units.clone()
-    idx = []
-    for size in reversed(grid):
-        idx.append(rest % size)
-        rest = rest // size
-    idx.reverse()
-    for d, i in zip(dims, idx):
+    for d, i in zip(dims, _unit_coords(shape, dims, units)):
         ar = torch.arange(shape[d]).reshape([1] + [shape[d] if j == d else 1 for j in range(len(shape))])
         masks &= ar == i.reshape([len(units)] + [1] * len(shape))
     return masks
+
+
+def _write_units(act: torch.Tensor, source: torch.Tensor, k: int, dims: Sequence[int],
+                 coords: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A copy of ``act`` (``[k * B, *shape]``: k stacked copies of the base) where copy ``j`` holds
+    ``source`` (``[B, *shape]``) at unit ``j`` (``coords``, :func:`_unit_coords`). One contiguous copy and
+    one indexed write of the patched entries (a ``torch.where`` over the whole chunk read three tensors)."""
+    B = source.shape[0]
+    out = act.reshape(k, B, *source.shape[1:]).clone(memory_format=torch.contiguous_format)
+    source = source.to(act.dtype)
+    if not dims:  # the whole activation (k == 1)
+        out[:] = source
+        return out.reshape(act.shape)
+    grid = tuple(range(len(dims)))
+    view = out.movedim(tuple(2 + d for d in dims), tuple(1 + g for g in grid))  # [k, *grid, B, *rest]
+    at = [c.to(act.device) for c in coords]
+    view[(torch.arange(k, device=act.device), *at)] = source.movedim(tuple(1 + d for d in dims), grid)[tuple(at)]
+    return out.reshape(act.shape)
 
 
 def _reduce_to_grid(x: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
@@ -414,9 +434,7 @@ def _exact_site(hm: HookedModel, base: Any, site: Site, source: torch.Tensor, ba
     chunk: dict[str, Any] = {}  # what the overrides and the hook serve in the current chunk
 
     def fn(act: torch.Tensor) -> torch.Tensor:
-        k, masks = chunk["k"], chunk["masks"]
-        view = act.reshape(k, B, *shape)
-        return torch.where(masks[:, None].to(act.device), source[None].to(act.dtype), view).reshape(act.shape)
+        return _write_units(act, source, chunk["k"], dims, chunk["coords"])
 
     def run(k: int) -> tuple[Any, torch.Tensor]:
         rows = repeats.mode == "rows"
@@ -435,7 +453,7 @@ def _exact_site(hm: HookedModel, base: Any, site: Site, source: torch.Tensor, ba
             units = torch.arange(lo, min(n_units, lo + k_max))
             k = len(units)
             chunk["k"] = k
-            chunk["masks"] = _unit_masks(shape, dims, units) if dims else torch.ones(1, *shape, dtype=torch.bool)
+            chunk["coords"] = _unit_coords(shape, dims, units)
             try:
                 out, m = run(k)
                 failed = m.shape[0] != k * B and repeats.mode == "rows"
