@@ -285,9 +285,10 @@ class _Repeats:
     ``"rows"`` (one base example, ``B == 1``): only the values that reach the site get ``k`` rows — the site's
     own recorded output, or the output of the reused module that finishes last before the site (the
     *frontier*), or the input where nothing is reused — as a broadcast view (``expand``: no copy); every other
-    reused value keeps its single row (a fresh clone), so the code between reused modules (a ViT's position
-    embedding, say) runs on one row instead of ``k``. Values from before the site that meet the ``k`` patched
-    rows later (a skip connection) broadcast, which equals ``k`` copies for one row. A model that cannot run
+    reused value keeps its single row (a clone, handed out again while no in-place operation wrote to it), so
+    the code between reused modules (a ViT's position embedding, say) runs on one row instead of ``k``. Values
+    from before the site that meet the ``k`` patched rows later (a skip connection) broadcast, which equals ``k``
+    copies for one row. A model that cannot run
     this way — writes in place to a view, ``.view()``s it, mixes batch sizes in a way that raises or returns
     another number of rows — fails, and the chunk is run again in ``"copies"`` mode (``fallback()``).
 
@@ -311,12 +312,16 @@ class _Repeats:
         return out
 
     def get(self, key: Any, value: Any, k: int, frontier: bool = True) -> Any:
+        made = self._made.get(key)
         if self.mode == "rows":
-            if not frontier:
-                return _map_tensors(value, lambda t: t.clone())
+            if not frontier:  # one fresh row, handed out again while untouched (as copies are, below)
+                if made is not None and self._versions(made[1]) == made[2]:
+                    return made[1]
+                rep = _map_tensors(value, lambda t: t.clone())
+                self._made[key] = (1, rep, self._versions(rep))
+                return rep
             return _map_tensors(value, lambda t: t.expand(k, *t.shape[1:]) if t.dim() and t.shape[0] == 1
                                 else t.repeat(k, *([1] * (t.dim() - 1))))
-        made = self._made.get(key)
         if made is not None and made[0] >= k and self._versions(made[1]) == made[2]:
             if made[0] == k:
                 return made[1]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
+import rl
 import vision
 from interp_core import HookedModel
 from interp_core.forwards import replace_forward
@@ -40,6 +42,8 @@ MODELS = {
     "policy MLP": (make_policy, (1, 6)),
     "torchvision resnet18": (lambda: torchvision.models.resnet18(num_classes=10).eval(), (2, 3, 32, 32)),
     "digits-cnn (zoo)": (lambda: vision.zoo.load("digits-cnn", hooked=False), (3, 1, 8, 8)),
+    "digits-vit (zoo)": (lambda: vision.zoo.load("digits-vit", hooked=False), (3, 1, 8, 8)),
+    "timm vit (random init)": (make_vit, (2, 3, 16, 16)),
 }
 
 
@@ -145,14 +149,10 @@ def test_hooks_on_called_modules_and_their_own_train_flags_are_honoured():
     _equal(fast, slow)
 
 
-@pytest.mark.parametrize("name", ["cartpole-ppo", "doorkey-pixels-ppo", "tmaze-recurrent"])
+@pytest.mark.parametrize("name", rl.zoo.names())
 def test_agents_trace_their_tensor_step(name):
     """Policy wrappers prepare numpy observations outside the graph (``traced_method`` / ``traced_call``): the
     graph of their ``step`` gives bit for bit what the hooks give; recurrent agents take the hooks."""
-    import numpy as np
-
-    import rl
-
     agent = rl.zoo.load(name)
     space = agent.model.net.observation_space
     space.seed(0)
