@@ -8,7 +8,29 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 
-class MiniGridCNN(BaseFeaturesExtractor):
+class _ConvExtractor(BaseFeaturesExtractor):
+    """``layers`` (convolutions) -> flatten -> linear -> ReLU ``[batch, features_dim]``; the flattened size is
+    found by running ``layers`` once on zeros of ``in_shape`` (default: the observation shape)."""
+
+    def __init__(self, observation_space: gym.spaces.Box, features_dim: int, layers: list[nn.Module],
+                 in_shape: tuple[int, ...] | None = None):
+        super().__init__(observation_space, features_dim)
+        self.cnn = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            n = self.cnn(torch.zeros(1, *(in_shape or observation_space.shape))).shape[1]
+        self.linear = nn.Sequential(nn.Linear(n, features_dim), nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.cnn(observations.float()))
+
+
+def _minigrid_layers(c: int) -> list[nn.Module]:
+    return [nn.Conv2d(c, 16, 2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 2), nn.ReLU(),
+            nn.Conv2d(32, 64, 2), nn.ReLU()]
+
+
+class MiniGridCNN(_ConvExtractor):
     """A 3-layer CNN for MiniGrid's 7x7x3 egocentric image (SB3's NatureCNN needs >= 36x36 inputs).
 
     ``[batch, 3, 7, 7]`` -> conv 2x2 (16) -> ReLU -> max-pool 2x2 -> conv 2x2 (32) -> ReLU -> conv 2x2 (64)
@@ -18,23 +40,10 @@ class MiniGridCNN(BaseFeaturesExtractor):
     """
 
     def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 64):
-        super().__init__(observation_space, features_dim)
-        c = observation_space.shape[0]
-        self.cnn = nn.Sequential(
-            nn.Conv2d(c, 16, 2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 2), nn.ReLU(),
-            nn.Conv2d(32, 64, 2), nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            n = self.cnn(torch.zeros(1, *observation_space.shape)).shape[1]
-        self.linear = nn.Sequential(nn.Linear(n, features_dim), nn.ReLU())
-
-    def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.cnn(observations.float()))
+        super().__init__(observation_space, features_dim, _minigrid_layers(observation_space.shape[0]))
 
 
-class PixelCNN(BaseFeaturesExtractor):
+class PixelCNN(_ConvExtractor):
     """A small CNN for RGB frames of MiniGrid's partial view (``RGBImgPartialObsWrapper``, e.g. 28x28 at 4
     pixels per cell); SB3's NatureCNN needs >= 36x36 inputs and is larger than this task needs.
 
@@ -44,23 +53,14 @@ class PixelCNN(BaseFeaturesExtractor):
     """
 
     def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 64):
-        super().__init__(observation_space, features_dim)
         c = observation_space.shape[0]
-        self.cnn = nn.Sequential(
+        super().__init__(observation_space, features_dim, [
             nn.Conv2d(c, 16, 3), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 32, 3), nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            n = self.cnn(torch.zeros(1, *observation_space.shape)).shape[1]
-        self.linear = nn.Sequential(nn.Linear(n, features_dim), nn.ReLU())
-
-    def forward(self, observations: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.cnn(observations.float()))
+            nn.Conv2d(32, 32, 3), nn.ReLU()])
 
 
-class MiniGridOneHotCNN(BaseFeaturesExtractor):
+class MiniGridOneHotCNN(_ConvExtractor):
     """:class:`MiniGridCNN` on one-hot MiniGrid codes: each cell's (object, colour, state) integer codes become
     ``11 + 6 + 3 = 20`` indicator channels before the same 3-layer CNN.
 
@@ -74,17 +74,8 @@ class MiniGridOneHotCNN(BaseFeaturesExtractor):
     SIZES = (11, 6, 3)  # MiniGrid's OBJECT_TO_IDX, COLOR_TO_IDX, STATE_TO_IDX sizes
 
     def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 64):
-        super().__init__(observation_space, features_dim)
         c = sum(self.SIZES)
-        self.cnn = nn.Sequential(
-            nn.Conv2d(c, 16, 2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 2), nn.ReLU(),
-            nn.Conv2d(32, 64, 2), nn.ReLU(),
-            nn.Flatten(),
-        )
-        with torch.no_grad():
-            n = self.cnn(torch.zeros(1, c, *observation_space.shape[1:])).shape[1]
-        self.linear = nn.Sequential(nn.Linear(n, features_dim), nn.ReLU())
+        super().__init__(observation_space, features_dim, _minigrid_layers(c), (c, *observation_space.shape[1:]))
 
     def one_hot(self, observations: torch.Tensor) -> torch.Tensor:
         """``[batch, 3, h, w]`` integer codes -> ``[batch, 20, h, w]`` indicators."""
