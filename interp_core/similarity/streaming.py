@@ -78,7 +78,21 @@ def _offsets(dims: Sequence[int]) -> list[slice]:
     return out
 
 
-class LinearCKAAccumulator:
+class _OnePair:
+    """``value()``: the single entry of ``matrix()``."""
+
+    def matrix(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def value(self) -> float:
+        """CKA of the single pair (use :meth:`matrix` for lists of layers)."""
+        m = self.matrix()
+        if m.shape != (1, 1):
+            raise InputError(f"this accumulator holds {m.shape[0]} x {m.shape[1]} layer pairs; use matrix()")
+        return float(m[0, 0])
+
+
+class LinearCKAAccumulator(_OnePair):
     """Exact linear CKA over all rows, streamed; memory ``O((sum d)^2)``, see the module docstring.
 
     Args:
@@ -400,15 +414,9 @@ class LinearCKAAccumulator:
                 out[k, j] = float(h / den)
         return out
 
-    def value(self) -> float:
-        """CKA of the single pair (use :meth:`matrix` for lists of layers)."""
-        m = self.matrix()
-        if m.shape != (1, 1):
-            raise InputError(f"this accumulator holds {m.shape[0]} x {m.shape[1]} layer pairs; use matrix()")
-        return float(m[0, 0])
 
 
-class MinibatchCKA:
+class MinibatchCKA(_OnePair):
     """Minibatch linear CKA (Nguyen et al. 2021): per-batch HSIC averaged over batches, see module docstring.
 
     Args:
@@ -503,8 +511,3 @@ class MinibatchCKA:
         out[(den <= 0).numpy()] = np.nan  # a representation constant within every batch: CKA is undefined
         return out
 
-    def value(self) -> float:
-        m = self.matrix()
-        if m.shape != (1, 1):
-            raise InputError(f"this accumulator holds {m.shape[0]} x {m.shape[1]} layer pairs; use matrix()")
-        return float(m[0, 0])
