@@ -31,10 +31,11 @@ from torch import nn
 from .axes import PoolSpec
 from .axes import pool as pool_tensor
 from .cache import ActivationCache
-from .errors import InputError, InputTypeError, InterpError, InterpWarning
+from .errors import InputError, InputTypeError, InterpError, InterpWarning, SiteError
 from .forwards import MakeForward, replace_forward
 from .sites import Adapter, GenericAdapter, HookFn, Site, SiteTable, infer_axes
 from .traced import TracedCache
+from .traced import unchanged as traced_unchanged
 from .traced import usable as traced_usable
 
 Inputs = Any  # a tensor, a tuple of positional arguments, or a dict of keyword arguments
@@ -123,6 +124,7 @@ class HookedModel:
         self.fast_cache = True  # run_with_cache may use a torch.fx graph where it gives the same values
         self._traced_graphs: TracedCache | None = None
         self._plans: dict[Any, Any] = {}
+        self._rebuilt: set[Any] = set()  # plans whose graph was found stale once and built again
         self._trace_signature: tuple | None = None
         self._trace_description = ""
         self._warned_train = False
@@ -236,9 +238,11 @@ class HookedModel:
                 return self._call(inputs)
         return self._call(inputs)
 
-    def _cache_traced(self, inputs: Inputs, sites: Sequence[str] | str | None, pool: Any,
+    def _cache_traced(self, inputs: Inputs, sites: Sequence[str] | str | None, pool: Any, fresh: bool = False,
                       ) -> tuple[Any, ActivationCache] | None:
-        """The traced fast path (:mod:`interp_core.traced`), or ``None`` where the hooks must serve."""
+        """The traced fast path (:mod:`interp_core.traced`), or ``None`` where the hooks must serve. A graph
+        found stale (the model changed since it was built) is built again once; a model that keeps changing
+        takes the hooks."""
         if self.model.training:
             return None
         try:
@@ -255,15 +259,22 @@ class HookedModel:
             else:
                 if self._traced_graphs is None:
                     self._traced_graphs = TracedCache(self.model)
-                plan = self._traced_graphs.get(targets, pools)
+                plan = self._traced_graphs.get(targets, pools, fresh)
                 if plan is not None:
                     plan = (*plan, list(self.model.modules()))
             self._plans[key] = plan
         if plan is None:
             return None
-        graph, inlined, axes, names, modules = plan
+        graph, inlined, axes, names, baked, modules = plan
         if not traced_usable(self.model, modules, inlined):
             return None
+        if not traced_unchanged(baked):
+            if fresh or key in self._rebuilt:
+                self._plans[key] = None
+                return None
+            self._rebuilt.add(key)
+            del self._plans[key]
+            return self._cache_traced(inputs, sites, pool, fresh=True)
         if torch.is_grad_enabled():
             with torch.no_grad():
                 out, recorded = self._call(inputs, graph)
@@ -303,6 +314,7 @@ class HookedModel:
 
     def trace(self, inputs: Inputs) -> SiteTable:
         """Run one forward (no grad, eval mode, state restored) to learn shapes, axes and reused modules."""
+        self._modules = dict(self.model.named_modules())
         calls: dict[str, list[Any]] = {}
         events: dict[str, list[int]] = {}  # path -> [start, end, start, end, ...] in call order
         clock = [0]
@@ -442,12 +454,21 @@ class HookedModel:
         return [self._table[n] for n in names]
 
     # ------------------------------------------------------------------ hooks
+    def _module(self, path: str) -> nn.Module:
+        """The module at ``path`` now: a module replaced since wrapping (``model.fc = nn.Linear(...)``) is the
+        one hooked."""
+        try:
+            return self.model.get_submodule(path)
+        except AttributeError:
+            raise SiteError(f"site module {path!r} is no longer in the model (it was removed after wrapping); "
+                            f"wrap the changed model again") from None
+
     def _attach(self, site: Site, fn: HookFn, handles: _Handles, counters: list[dict]) -> None:
         """Make ``fn(activation) -> replacement | None`` run at ``site`` once per forward."""
         if site.kind == "virtual":
             handles.add(site.attach(self.model, fn))
             return
-        module = self._modules[site.module_path]
+        module = self._module(site.module_path)
         state = {"calls": 0}
         counters.append(state)
         want = site.call_index

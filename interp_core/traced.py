@@ -73,18 +73,19 @@ class _Tracer(fx.Tracer):
 
 
 class TracedCache:
-    """``(graph call, inlined modules, axes, sites)`` per (sites, pooling) key, built on first use; ``None``
-    where the model does not trace or a site is not a node of the graph."""
+    """``(graph call, inlined modules, axes, sites, fingerprint)`` per (sites, pooling) key, built on first use;
+    ``None`` where the model does not trace or a site is not a node of the graph."""
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.graphs: dict[Any, Any] = {}
 
-    def get(self, sites: Sequence[Any], pools: dict[str, Any]) -> tuple[Callable, list[nn.Module], dict,
-                                                                        dict] | None:
+    def get(self, sites: Sequence[Any], pools: dict[str, Any], fresh: bool = False,
+            ) -> tuple[Callable, list[nn.Module], dict, dict, list] | None:
+        """The graph for ``sites``; ``fresh=True`` traces it again (the model changed since it was built)."""
         key = tuple((s.name, repr(pools.get(s.name))) for s in sites)
         got = self.graphs.get(key)
-        if got is None:
+        if got is None or (fresh and got is not _FAILED):
             got = self._build(sites, pools)
             self.graphs[key] = got
         return None if got is _FAILED else got
@@ -137,7 +138,7 @@ class TracedCache:
         axes = {s.name: (s.axes if pools.get(s.name) is None or "pos" not in s.axes
                          else tuple(a for a in s.axes if a != "pos")) for s in sites}
         call = gm.forward if method == "forward" else functools.partial(self.model.traced_call, gm.forward)
-        return call, inlined, axes, {s.name: s for s in sites}
+        return call, inlined, axes, {s.name: s for s in sites}, fingerprint(inlined)
 
 
 def _flatten_module_calls(gm: fx.GraphModule) -> None:
@@ -152,6 +153,32 @@ def _flatten_module_calls(gm: fx.GraphModule) -> None:
         gm.__dict__[alias] = gm.get_submodule(str(node.target))
         node.target = f"{alias}.forward"
     gm.recompile()
+
+
+def fingerprint(inlined: Sequence[nn.Module]) -> list[tuple]:
+    """What the graph baked in from the modules whose code it inlines: their attributes, submodules, parameters
+    and buffers, by identity. A module replaced (``model.fc = nn.Linear(...)``), a parameter swapped for
+    another, a setting changed (``vit.global_pool = "avg"``) makes :func:`unchanged` false: the graph is then
+    stale and is built again. (Values changed in place, ``weight.mul_(2)``, need nothing: the graph reads the
+    same tensors; and the modules it calls read their own attributes live.)"""
+    return [(m, dict(m.__dict__), dict(m._modules), tuple(map(id, m._parameters.values())),
+             tuple(map(id, m._buffers.values()))) for m in inlined]
+
+
+def unchanged(baked: list[tuple]) -> bool:
+    """Whether the modules still hold what :func:`fingerprint` recorded (dict comparisons short-cut on
+    identical values, so this costs well under a microsecond per module)."""
+    try:
+        for m, attrs, mods, params, bufs in baked:
+            if m.__dict__ != attrs or m._modules != mods:
+                return False
+            if (params or m._parameters) and tuple(map(id, m._parameters.values())) != params:
+                return False
+            if (bufs or m._buffers) and tuple(map(id, m._buffers.values())) != bufs:
+                return False
+    except (RuntimeError, TypeError, ValueError):  # an attribute swapped for a tensor that does not compare
+        return False
+    return True
 
 
 def usable(model: nn.Module, modules: Sequence[nn.Module], inlined: Sequence[nn.Module]) -> bool:

@@ -177,3 +177,33 @@ def test_plain_policy_agent_traces_with_its_preprocess():
     assert used
     assert torch.equal(fast[0].logits, slow[0].logits)
     assert all(torch.equal(fast[1][k], slow[1][k]) for k in fast[1])
+
+
+def test_a_model_changed_after_the_graph_was_built_is_traced_again():
+    """A replaced submodule, a swapped parameter or a changed setting that the graph baked in: the next call
+    gives what the model computes now (the graph is built again; a model that keeps changing takes the hooks)."""
+    model = make_policy()
+    hm = HookedModel(model)
+    x = torch.randn(4, 6)
+    hm.run_with_cache(x, sites=["0"])
+    model[0] = nn.Linear(6, model[0].out_features)
+    with torch.no_grad():
+        out, cache = hm.run_with_cache(x, sites=["0"])
+        assert torch.equal(cache["0"], model[0](x)) and torch.equal(out, model(x))
+        model[2].weight.mul_(2)  # in place: the same tensor, nothing to rebuild
+        assert torch.equal(hm.run_with_cache(x, sites=["0"])[0], model(x))
+        model[2].bias = nn.Parameter(torch.ones_like(model[2].bias))  # read live by the called module
+        assert torch.equal(hm.run_with_cache(x, sites=["0"])[0], model(x))
+        assert all(p is not None for p in hm._plans.values())
+        model[2] = nn.Linear(model[2].in_features, model[2].out_features)
+        assert torch.equal(hm.run_with_cache(x, sites=["0"])[0], model(x))
+    assert all(p is None for p in hm._plans.values())  # changed twice: the hooks serve from now on
+    vit = make_vit()
+    hv = HookedModel(vit)
+    xi = torch.randn(2, 3, 16, 16)
+    hv.run_with_cache(xi, sites=["blocks.0"])
+    assert any(p is not None for p in hv._plans.values())
+    vit.global_pool = "avg" if vit.global_pool != "avg" else "token"  # a setting read by inlined code
+    with torch.no_grad():
+        out, _ = hv.run_with_cache(xi, sites=["blocks.0"])
+        assert torch.equal(out, vit(xi))
