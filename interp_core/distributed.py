@@ -25,9 +25,10 @@ shards at positions ``r, r + W, ...`` of the same seeded shard permutation throu
 buffer: one epoch over all ranks covers every row exactly once.
 
 **Probes** (:func:`fit_linear_probe`): each rank holds its part of the rows; standardisation statistics and
-class counts are all-reduced; ``"logistic"`` runs the suite's full-batch L-BFGS
-(:func:`~interp_core.probes.solvers.lbfgs_many`) on the same objective as :class:`~interp_core.probes.
-LinearProbe` with the loss and gradient summed over ranks (float64), so every rank takes identical steps and
+class counts are all-reduced; ``"logistic"`` runs the probes' own solver
+(:func:`~interp_core.probes.joint.fit_logistic_joint`, whitened L-BFGS) with ``reduce=`` an all-reduce: row
+counts, weight totals, the whitening statistics, the loss and the gradient are summed over ranks (float64), so
+every rank takes identical steps and
 the result is the single-process optimum to the solver tolerance (``max |grad| <= tol``; the objective is
 strictly convex, so coefficients differ by at most about ``tol / l2``-scaled amounts, plus float64 rounding of
 the summation order); ridge kinds all-reduce the sufficient statistics ``X^T X``, ``X^T y`` and solve
@@ -221,7 +222,7 @@ def fit_linear_probe(source: Any, site: str | None = None, y: Any = None, *, poo
             logistic, ``l2=1``); ``class_weight`` may be ``None`` or ``"balanced"``; no sample weights.
     """
     from .probes import LinearProbe
-    from .probes.solvers import lbfgs_many
+    from .probes.joint import LogisticTask, fit_logistic_joint
 
     probe = LinearProbe() if probe is None else probe.clone()
     if not isinstance(probe, LinearProbe):
@@ -274,9 +275,14 @@ def fit_linear_probe(source: Any, site: str | None = None, y: Any = None, *, poo
         probe._y_1d = labels.dim() == 1
         n_out = int(_all_reduce(torch.tensor([float(Y.shape[1])], dtype=torch.float64), "max"))
     total = float(_all_reduce(w.sum().reshape(1)))
-    if probe.kind == "logistic":
-        W, b, n_iter, converged = _logistic(Xs, yi, w, total, n_out, float(probe.l2), probe.fit_intercept, probe,
-                                            lbfgs_many)
+    if probe.kind == "logistic":  # the probes' own solver, its data sums all-reduced (same steps on every rank)
+        task = LogisticTask(y=yi, n_out=n_out, sw=w, l2=float(probe.l2), tol=float(probe.tol),
+                            max_iter=int(probe.max_iter))
+        beta, n_iter, converged = fit_logistic_joint(Xs, [task], probe.fit_intercept, history=int(probe.history),
+                                                     reduce=_all_reduce)[0]
+        d = Xs.shape[1]
+        W = beta[:, :d].T.contiguous()
+        b = beta[:, d] if probe.fit_intercept else torch.zeros(n_out, dtype=torch.float64)
     else:
         if probe.is_classifier:
             Y = (2.0 * yi.double() - 1.0)[:, None] if n_out == 1 else -torch.ones(len(yi), n_out, dtype=torch.float64)
@@ -287,71 +293,6 @@ def fit_linear_probe(source: Any, site: str | None = None, y: Any = None, *, poo
     probe._set_solution(W, b, mean, std, Xs.shape[1])
     probe.n_iter_, probe.converged_ = n_iter, converged
     return probe
-
-
-def _logistic(Xs: torch.Tensor, yi: torch.Tensor, w: torch.Tensor, total: float, n_out: int, l2: float,
-              fit_intercept: bool, probe: Any, lbfgs_many: Any) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
-    """Full-batch L-BFGS on ``(sum_i w_i CE_i + l2/2 ||W||^2) / sum_i w_i`` with the data sums over ranks.
-
-    As :func:`interp_core.probes.joint.fit_logistic_joint`, L-BFGS runs in whitened coordinates
-    ``beta = gamma M``, ``M = A^{-1/2}``, ``A = X~^T X~ / (4 n) + (l2 / sum w) E`` (``X~ = [X, 1]``; ``A`` from
-    all-reduced sums, so the same on every rank): the same objective, several times fewer iterations. The
-    stopping test ``max |grad_gamma| <= tol / (sqrt(p) ||M^{-1}||_2)`` implies ``max |grad_beta| <= tol``.
-    """
-    n_local, d = Xs.shape
-    p = d + int(fit_intercept)
-    n = float(_all_reduce(torch.tensor([float(n_local)], dtype=torch.float64)))
-    reg = l2 / total
-    A = torch.zeros(p, p, dtype=torch.float64)
-    stats = _all_reduce(torch.cat([(Xs.T @ Xs).reshape(-1), Xs.sum(0)]))
-    A[:d, :d] = stats[: d * d].view(d, d) / n
-    if fit_intercept:
-        A[:d, d] = A[d, :d] = stats[d * d:] / n
-        A[d, d] = 1.0
-    A *= 0.25
-    A.diagonal()[:d] += reg
-    lam, V = torch.linalg.eigh(0.5 * (A + A.T))
-    lam = lam.clamp_min(max(reg, 1e-12) * (0.5 if fit_intercept else 1.0))
-    M = (V * lam.rsqrt()) @ V.T
-    Xt = Xs.T.contiguous()
-    scale = (w / total)[None, :]
-    if n_out == 1:
-        target = yi.double()[None, :]
-    else:
-        target = torch.zeros(n_out, n_local, dtype=torch.float64)
-        target[yi, torch.arange(n_local)] = 1.0
-
-    def fg_beta(beta: torch.Tensor) -> tuple[float, torch.Tensor]:
-        Wt = beta[:, :d]
-        Z = Wt @ Xt
-        if fit_intercept:
-            Z = Z + beta[:, d:]
-        if n_out == 1:
-            losses = torch.nn.functional.softplus(Z) - target * Z
-            G = torch.sigmoid(Z) - target
-        else:
-            logp = torch.log_softmax(Z, dim=0)
-            losses = -(logp * target)
-            G = logp.exp() - target
-        G = G * scale
-        gb = torch.cat([G @ Xs] + ([G.sum(1, keepdim=True)] if fit_intercept else []), 1)
-        packed = torch.cat([(losses * scale).sum().reshape(1), gb.reshape(-1)])
-        _all_reduce(packed)  # data terms summed over ranks: the same f and gradient on every rank
-        gb = packed[1:].view(n_out, p).clone()
-        gb[:, :d] += reg * Wt
-        return float(packed[0]) + 0.5 * reg * float((Wt ** 2).sum()), gb
-
-    def fg(_k: int, gam: torch.Tensor) -> tuple[float, torch.Tensor]:
-        f, gb = fg_beta(gam.view(n_out, p) @ M)
-        return f, (gb @ M).reshape(-1)
-
-    tol = float(probe.tol) / (p ** 0.5 * float(lam.sqrt().max()))
-    sol, n_iter, _ = lbfgs_many(fg, torch.zeros(1, n_out * p, dtype=torch.float64), max_iter=int(probe.max_iter),
-                                tol=tol, history=int(probe.history))
-    beta = sol[0].view(n_out, p) @ M
-    converged = float(fg_beta(beta)[1].abs().max()) <= float(probe.tol)
-    b = beta[:, d] if fit_intercept else torch.zeros(n_out, dtype=torch.float64)
-    return beta[:, :d].T.contiguous(), b, int(n_iter[0]), converged
 
 
 def _ridge(Xs: torch.Tensor, Y: torch.Tensor, w: torch.Tensor, total: float, l2: float,

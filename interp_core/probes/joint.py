@@ -30,6 +30,7 @@ together, with three levers measured in ``benchmarks/probes.py``:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ import torch
 CURVATURE = 0.25  # the scale of the logistic loss's second derivative, p (1 - p) <= 1/4
 WIDE = 256  # precondition while d <= WIDE * (output rows solved together)
 MAX_STALLS = 10  # consecutive stalled iterations before giving up on tol
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a float64 tensor over processes
 REL_FTOL = 64 * 2.0 ** -52  # f stalls below this relative change (scipy L-BFGS-B's ftol, as sklearn calls it)
 
 
@@ -56,19 +58,25 @@ class LogisticTask:
     start: torch.Tensor | None = None
 
 
-def whitening(X: torch.Tensor, fit_intercept: bool, reg: float, curvature: float = CURVATURE
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def whitening(X: torch.Tensor, fit_intercept: bool, reg: float, curvature: float = CURVATURE,
+              reduce: Reduce | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(M, M^{-1})``, ``M = A^{-1/2}`` with ``A = curvature * X~^T X~ / n + reg * E`` (float64 ``[p, p]``).
 
     ``X~ = [X, 1]`` with an intercept; ``E`` is the identity with a zero at the intercept. ``A`` is
     symmetric positive definite for ``reg > 0``; tiny eigenvalues from rounding are clipped at ``reg``.
+    ``reduce`` sums the data terms over the processes that hold the other rows (see :func:`fit_logistic_joint`).
     """
     n, d = X.shape
     p = d + int(fit_intercept)
+    stats = torch.cat([(X.T @ X).double().reshape(-1), X.sum(0, dtype=torch.float64),
+                       torch.tensor([float(n)], dtype=torch.float64, device=X.device)])
+    if reduce is not None:
+        stats = reduce(stats)
+    n = float(stats[-1])
     A = torch.empty(p, p, dtype=torch.float64, device=X.device)
-    A[:d, :d] = (X.T @ X).double() / n
+    A[:d, :d] = stats[: d * d].view(d, d) / n
     if fit_intercept:
-        m = X.sum(0, dtype=torch.float64) / n
+        m = stats[d * d: d * d + d] / n
         A[:d, d] = m
         A[d, :d] = m
         A[d, d] = 1.0
@@ -85,21 +93,26 @@ def whitening(X: torch.Tensor, fit_intercept: bool, reg: float, curvature: float
 class _Objective:
     """Evaluates any subset of the tasks at once: one ``[R, d] @ X^T`` and one ``G @ X`` per call."""
 
-    def __init__(self, X: torch.Tensor, tasks: list[LogisticTask], fit_intercept: bool):
+    def __init__(self, X: torch.Tensor, tasks: list[LogisticTask], fit_intercept: bool, reduce: Reduce | None):
         self.X = X.contiguous()
         self.Xt = X.T.contiguous()
-        self.n, self.d = X.shape
+        self.d = X.shape[1]
         self.fit_intercept = fit_intercept
         self.tasks = tasks
+        self.reduce = reduce
         dt, dev = X.dtype, X.device
+        sums = torch.tensor([float(X.shape[0])] + [float(t.sw.sum()) if t.sw is not None else 0.0 for t in tasks],
+                            dtype=torch.float64)
+        sums = reduce(sums) if reduce is not None else sums
+        self.n = float(sums[0])  # rows over every process
         self.scale, self.target, self.reg = [], [], []
-        for t in tasks:
-            total = float(t.sw.sum()) if t.sw is not None else float(self.n)
+        for t, sw_total in zip(tasks, sums[1:].tolist()):
+            total = sw_total if t.sw is not None else self.n
             self.scale.append((t.sw / total).to(dt)[None, :] if t.sw is not None else None)
             # binary: the 0/1 targets [1, n]; multinomial: the class index per row [1, n] (no one-hot matrix)
             self.target.append(t.y.to(dt)[None, :] if t.n_out == 1 else t.y.to(dev, torch.long)[None, :])
             self.reg.append(float(t.l2) / total)
-        self.minus_one = torch.full((1, self.n), -1.0, dtype=dt, device=dev)
+        self.minus_one = torch.full((1, X.shape[0]), -1.0, dtype=dt, device=dev)
 
     def __call__(self, idx: list[int], betas: list[torch.Tensor]) -> tuple[list[float], list[torch.Tensor]]:
         """``(f_j, grad_beta f_j [n_out_j, p] float64)`` for the tasks ``idx`` at ``betas`` (float64)."""
@@ -134,6 +147,10 @@ class _Objective:
             grad = torch.cat([gW, G.sum(1).double()[:, None]], 1)
         else:
             grad = gW
+        if self.reduce is not None:  # the data terms summed over the processes: the same f and grad on each
+            packed = self.reduce(torch.cat([torch.tensor(losses, dtype=torch.float64, device=grad.device),
+                                            grad.reshape(-1)]))
+            losses, grad = packed[: len(idx)].tolist(), packed[len(idx):].view_as(grad).clone()
         fs, grads = [], []
         r = 0
         for n_, j in enumerate(idx):
@@ -148,18 +165,23 @@ class _Objective:
 
 
 def fit_logistic_joint(X: torch.Tensor, tasks: list[LogisticTask], fit_intercept: bool = True, history: int = 10,
-                       precondition: bool = True, max_ls: int = 25
+                       precondition: bool = True, max_ls: int = 25, reduce: Reduce | None = None
                        ) -> list[tuple[torch.Tensor, int, bool]]:
     """Minimise every task's objective (module docstring) on the shared standardised rows ``X [n, d]``.
 
     Products run in ``X.dtype``. Returns per task ``(beta [n_out, p] float64, iterations, converged)``; the
     coefficients are ``beta[:, :d]`` (``[n_out, d]``) and, with an intercept, ``beta[:, d]``.
     ``precondition=False`` (or ``d > 256 R``) runs the same lockstep L-BFGS in the original coordinates.
+
+    ``reduce`` (``float64 tensor -> its sum over processes``, e.g. an all-reduce): ``X`` (and each task's
+    ``y`` / ``sw``) hold this process's rows only; row counts, weight totals, the whitening statistics and
+    every loss and gradient are summed with it, so every process takes the same steps and returns the
+    solution on all rows (:func:`interp_core.distributed.fit_linear_probe`).
     """
-    n, d = X.shape
+    d = X.shape[1]
     p = d + int(fit_intercept)
     dev = X.device
-    obj = _Objective(X, tasks, fit_intercept)
+    obj = _Objective(X, tasks, fit_intercept, reduce)
     K = len(tasks)
     noise = 16 * torch.finfo(X.dtype).eps  # relative rounding noise of f evaluated with products in X.dtype
     # whitening costs one Gram (n d^2, a compute-bound product) and saves ~100+ evaluations (4 n d R each,
@@ -167,7 +189,7 @@ def fit_logistic_joint(X: torch.Tensor, tasks: list[LogisticTask], fit_intercept
     precondition = precondition and d <= WIDE * sum(t.n_out for t in tasks)
     if precondition:
         regs = sorted(obj.reg)
-        M, M_inv = whitening(X, fit_intercept, regs[len(regs) // 2])
+        M, M_inv = whitening(X, fit_intercept, regs[len(regs) // 2], reduce=reduce)
     else:
         M = M_inv = torch.eye(p, dtype=torch.float64, device=dev)
 
