@@ -33,8 +33,8 @@ per forward, the module itself returns its recorded output and the patch acts on
 output does not depend on the patch, so the values are unchanged). All recorded in the one base run. A
 patched row then computes only what follows the site — the compute floor of exact patching, the same
 work as a hand-written loop that stacks patched copies of block ``i``'s output and runs blocks ``i+1..``
-(``benchmarks/patching.py``: 0.97x that loop's throughput in CPU time on blocks 9-11 x 197 tokens of
-``vit_tiny_patch16_224`` at 224, 12.5x a one-forward-per-patch hook loop). With a single base example the
+(``benchmarks/patching.py``: 0.98-1.00x that loop's throughput in CPU time on blocks 9-11 x 197 tokens of
+``vit_tiny_patch16_224`` at 224, 14.6x a one-forward-per-patch hook loop). With a single base example the
 reused values reach the site as broadcast views, and code before the site that is not a reused module runs
 on one row, not one per patch; a model that cannot run that way (it writes in place to a view, or reshapes
 with a batch size read before the site) is detected by the error or row count it produces, and the chunk
