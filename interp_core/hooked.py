@@ -615,8 +615,10 @@ class HookedModel:
                 if site_axes is None:
                     raise InputError(f"site '{site.name}' has unknown axes for shape {tuple(act.shape)}; "
                                      f"cannot pool. Give the adapter axes for it")
-                pooled, paxes = pool_tensor(act.detach(), site_axes, how, site.pos_names)
-                store[site.name] = pooled.clone() if pooled._base is not None or pooled is act else pooled
+                # pooled from `act` itself: a result that is `act` or a view of it (nothing to pool, or one
+                # position selected) is copied, or an in-place op later in the forward would change it
+                pooled, paxes = pool_tensor(act, site_axes, how, site.pos_names)
+                store[site.name] = (pooled.clone() if pooled._base is not None or pooled is act else pooled).detach()
                 axes[site.name] = paxes
                 return None
             return fn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -44,6 +45,11 @@ MODELS = {
     "digits-cnn (zoo)": (lambda: vision.zoo.load("digits-cnn", hooked=False), (3, 1, 8, 8)),
     "digits-vit (zoo)": (lambda: vision.zoo.load("digits-vit", hooked=False), (3, 1, 8, 8)),
     "timm vit (random init)": (make_vit, (2, 3, 16, 16)),
+    "shapes-cnn-shortcut (zoo)": (lambda: vision.zoo.load("shapes-cnn-shortcut", hooked=False), (2, 3, 16, 16)),
+    "torchvision mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10).eval(),
+                                       (2, 3, 32, 32)),
+    "timm convnext_atto": (lambda: timm.create_model("convnext_atto", num_classes=10).eval(), (2, 3, 32, 32)),
+    "timm resnet18": (lambda: timm.create_model("resnet18", num_classes=10).eval(), (2, 3, 32, 32)),
 }
 
 
@@ -207,3 +213,16 @@ def test_a_model_changed_after_the_graph_was_built_is_traced_again():
     with torch.no_grad():
         out, _ = hv.run_with_cache(xi, sites=["blocks.0"])
         assert torch.equal(out, vit(xi))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_pooling_with_nothing_to_pool_is_safe_from_in_place_ops(fast):
+    """A [batch, feature] site with pool="mean" has nothing to pool: the recorded tensor must still be a copy,
+    not the activation an in-place ReLU overwrites next (the hook path once kept the alias: mobilenet_v3)."""
+    model = nn.Sequential(nn.Linear(6, 8), nn.Hardswish(inplace=True), nn.Linear(8, 2)).eval()
+    hm = HookedModel(model, adapter="generic")
+    hm.fast_cache = fast
+    x = torch.randn(4, 6)
+    _, cache = hm.run_with_cache(x, sites=["0"], pool="mean")
+    with torch.no_grad():
+        assert torch.equal(cache["0"], model[0](x))
