@@ -125,6 +125,7 @@ class HookedModel:
         self._traced_graphs: TracedCache | None = None
         self._plans: dict[Any, Any] = {}
         self._rebuilt: set[Any] = set()  # plans whose graph was found stale once and built again
+        self._cones: dict[str, Any] = {}  # per site: interp_core.traced.Cone for exact patching, or None
         self._trace_signature: tuple | None = None
         self._trace_description = ""
         self._warned_train = False
@@ -396,6 +397,7 @@ class HookedModel:
         self._completed_memo = {}
         self._traced_graphs = None  # graphs built for the earlier trace's sites are dropped
         self._plans = {}
+        self._cones = {}
         self._traced = True
         from .boundary import describe_inputs
 

@@ -80,6 +80,7 @@ from .interventions import Ablate, Patch, Replace
 from .metrics import Metric, as_metric
 from .results import Result
 from .sites import Site
+from .traced import Cones, site_cones, unchanged, usable
 
 log = logging.getLogger(__name__)
 
@@ -417,9 +418,77 @@ def _bar(total: int, desc: str, unit: str, progress: bool | None) -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, disable=None if progress is None else not progress)
 
 
+def _usable_cones(hm: HookedModel, targets: Sequence[Site]) -> Cones | None:
+    """The sites' :class:`~interp_core.traced.Cones` where they compute exactly what the model would now (no
+    hook or forward override anywhere, inlined modules in eval mode and unchanged since they were built)."""
+    key = tuple(s.name for s in targets)
+    cones = hm._cones.get(key, False)
+    if cones is False or (cones is not None and not unchanged(cones.baked)):
+        cones = hm._cones[key] = site_cones(hm.model, targets)
+    if cones is None or not usable(hm.model, cones.modules, cones.inlined):
+        return None
+    return cones
+
+
+def _plain(value: Any) -> bool:
+    """A recorded value a cone may read whatever the number of rows (not a size or count that could be the
+    batch size)."""
+    return isinstance(value, (torch.Tensor, bool, str)) or value is None
+
+
+def _base(hm: HookedModel, inputs: Any, targets: Sequence[Site], reuse_prefix: bool,
+          ) -> tuple[Any, Mapping[str, torch.Tensor], dict[str, Any], Any]:
+    """The base run: ``(output, site values, recorded module outputs, cones)``. Through the sites' cones where
+    the model traces (``cones = (Cones, external values)``; each patched run then computes only what depends on
+    its site), else :func:`_base_run` (``cones = None``; patched runs reuse recorded module outputs)."""
+    cones = _usable_cones(hm, targets) if reuse_prefix else None
+    if cones is not None:
+        out, values, externals = call_model(cones.record, inputs)
+        if all(map(_plain, externals)) and all(isinstance(v, torch.Tensor) for v in values):
+            return out, {s.name: v for s, v in zip(targets, values)}, {}, (cones, externals)
+    out, cache, outputs = _base_run(hm, inputs, targets, reuse_prefix)
+    return out, cache, outputs, None
+
+
+def _exact_site_cone(rest: Callable, externals: list[Any], source: torch.Tensor, base_act: torch.Tensor,
+                     dims: tuple[int, ...], metric: Metric, k_max: int, n_units: int, bar: tqdm) -> torch.Tensor:
+    """:func:`_exact_site` through the site's cone: each chunk runs only what depends on the site, on the
+    patched copies of the site's value and the base run's other values (``_Repeats``: one row broadcast, or
+    copies where the model cannot take that)."""
+    B = base_act.shape[0]
+    repeats = _Repeats("rows" if B == 1 else "copies")
+    values = []
+
+    def run(k: int, coords: list[torch.Tensor]) -> torch.Tensor:
+        patched = _write_units(repeats.get("site", base_act, k), source, k, dims, coords)
+        ext = [repeats.get(i, e, k, False) if isinstance(e, torch.Tensor) else e for i, e in enumerate(externals)]
+        return metric(rest(patched, *ext))
+
+    for lo in range(0, n_units, k_max):
+        units = torch.arange(lo, min(n_units, lo + k_max))
+        k = len(units)
+        coords = _unit_coords(base_act.shape[1:], dims, units)
+        try:
+            m = run(k, coords)
+            failed = m.shape[0] != k * B and repeats.mode == "rows"
+        except (RuntimeError, ValueError, IndexError):  # in "rows" mode: shape errors of mixed batch sizes
+            if repeats.mode != "rows":
+                raise
+            failed = True
+        if failed:
+            repeats.fallback()
+            m = run(k, coords)
+        if m.shape[0] != k * B:
+            raise InputError(f"metric {metric.name!r} returned {m.shape[0]} values for a batch of {k * B}; a "
+                             f"metric returns one number per example")
+        values.append(m.detach().reshape(k, B).mean(dim=1).cpu())
+        bar.update(k)
+    return torch.cat(values)
+
+
 def _exact_site(hm: HookedModel, base: Any, site: Site, source: torch.Tensor, base_act: torch.Tensor,
                 dims: tuple[int, ...], metric: Metric, batch_size: int | None, base_outputs: Mapping[str, Any],
-                bar: tqdm) -> tuple[torch.Tensor, torch.Tensor]:
+                bar: tqdm, cones: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Metric (batch mean, in the metric's dtype) of each unit's patched run, and which units were no-ops."""
     B = base_act.shape[0]
     shape = tuple(base_act.shape[1:])
@@ -429,6 +498,11 @@ def _exact_site(hm: HookedModel, base: Any, site: Site, source: torch.Tensor, ba
     if batch_size is None:
         batch_size = min(AUTO_MAX_ROWS, AUTO_CHUNK_VALUES // max(1, math.prod(shape)))
     k_max = max(1, batch_size // B)
+    if cones is not None:
+        graphs, externals = cones
+        ext = [externals[i] for i in graphs.uses[site.name]]
+        return _exact_site_cone(graphs.rest[site.name], ext, source, base_act, dims, metric, k_max, n_units,
+                                bar), no_op
     # every module that finished before the site's module started returns its recorded output, and so does
     # the site's own module when the site is its output: the patch then acts on that recorded output, so a
     # patched row computes only what comes after the site (the compute floor of exact patching)
@@ -546,8 +620,12 @@ def patch_sweep(model: Any, clean: Any, corrupted: Any, sites: Sequence[str] | s
     hm, metric, targets, base, src = _pair_setup(model, clean, corrupted, sites, metric, mode)
     names = [s.name for s in targets]
     with hm.analysis(), torch.no_grad():
-        out_base, base_cache, base_outputs = _base_run(hm, base, targets, reuse_prefix)
-        out_src, src_cache = hm.run_with_cache(src, sites=names)
+        out_base, base_cache, base_outputs, cones = _base(hm, base, targets, reuse_prefix)
+        if cones is not None:  # the cones' recording graph gives the source's site values too
+            out_src, values, _ = call_model(cones[0].record, src)
+            src_cache = dict(zip(names, values))
+        else:
+            out_src, src_cache = hm.run_with_cache(src, sites=names)
         m_base, m_src = _metric_mean(out_base, metric), _metric_mean(out_src, metric)
         m_clean, m_corr = (m_src, m_base) if mode == "denoising" else (m_base, m_src)
         dims = {s.name: _grid_dims(s, per) for s in targets}
@@ -557,7 +635,7 @@ def patch_sweep(model: Any, clean: Any, corrupted: Any, sites: Sequence[str] | s
         for s in targets:
             shape = tuple(base_cache[s.name].shape[1:])
             v, no_op = _exact_site(hm, base, s, src_cache[s.name], base_cache[s.name], dims[s.name], metric,
-                                   batch_size, base_outputs, bar)
+                                   batch_size, base_outputs, bar, cones)
             g = _grid_shape(shape, dims[s.name])
             values[s.name] = v.reshape(g)
             no_ops[s.name] = no_op.reshape(g)
@@ -668,7 +746,7 @@ def ablation_sweep(model: Any, inputs: Any, sites: Sequence[str] | str,
     targets = _sites(hm, sites, inputs)
     ablation = Ablate(method, stats=stats, seed=seed)  # checks method and stats up front
     with hm.analysis(), torch.no_grad():
-        out, base_cache, base_outputs = _base_run(hm, inputs, targets, reuse_prefix)
+        out, base_cache, base_outputs, cones = _base(hm, inputs, targets, reuse_prefix)
         m_base = _metric_mean(out, metric)
         total = sum(math.prod(_grid_shape(base_cache[s.name].shape[1:], _grid_dims(s, per))) for s in targets)
         bar = _bar(total, f"{method} ablation", "unit", progress)
@@ -677,7 +755,7 @@ def ablation_sweep(model: Any, inputs: Any, sites: Sequence[str] | str,
             dims = _grid_dims(s, per)
             a = base_cache[s.name]
             source = ablation._compute(a, s)
-            v, no_op = _exact_site(hm, inputs, s, source, a, dims, metric, batch_size, base_outputs, bar)
+            v, no_op = _exact_site(hm, inputs, s, source, a, dims, metric, batch_size, base_outputs, bar, cones)
             g = _grid_shape(tuple(a.shape[1:]), dims)
             values[s.name] = v.reshape(g)
             effects[s.name] = (v - m_base).reshape(g)

@@ -93,52 +93,159 @@ class TracedCache:
     def _build(self, sites: Sequence[Any], pools: dict[str, Any]) -> Any:
         if any(s.kind != "output" or s.read is not None or s.write is not None for s in sites):
             return _FAILED
-        leaves = {s.module_path for s in sites if s.module_path}
-        method = getattr(self.model, "traced_method", "forward")
-        if method is None:
+        traced = _trace(self.model, {s.module_path for s in sites if s.module_path})
+        if traced is None:
             return _FAILED
-        tracer = _Tracer(leaves)
-        tracer.traced_func_name = method
-        try:
-            graph = tracer.trace(self.model)
-        except Exception:  # data-dependent control flow, numpy inside forward, ...: the hooks serve
-            return _FAILED
-        calls: dict[str, list[fx.Node]] = {}
-        for node in graph.nodes:
-            if node.op == "call_module":
-                calls.setdefault(str(node.target), []).append(node)
+        graph, method = traced
         output = next(n for n in graph.nodes if n.op == "output")
         # the activations are returned without a copy unless some op of the graph works in place
         copy = any(_mutates(n, self.model) for n in graph.nodes)
         recorded = []
         for s in sites:
-            if s.module_path == "":
-                node = output.args[0]
-                if not isinstance(node, fx.Node):
-                    return _FAILED
-            else:
-                nodes = calls.get(s.module_path, [])
-                index = s.call_index or 0
-                if len(nodes) <= index or (s.call_index is None and len(nodes) != 1):
-                    return _FAILED
-                node = nodes[index]
+            node = _site_node(graph, s)
+            if node is None:
+                return _FAILED
             with graph.inserting_after(node):
                 rec = graph.call_function(_record(pools.get(s.name), s.axes, dict(s.pos_names), copy), (node,))
             recorded.append(rec)
         graph.output((output.args[0], tuple(recorded)))
         graph.erase_node(output)
-        try:
-            gm = fx.GraphModule(self.model, graph)
-        except Exception:
+        inlined = _inlined(self.model, graph)
+        gm = _module(self.model, graph)
+        if gm is None:
             return _FAILED
-        used = {str(n.target) for n in graph.nodes if n.op == "call_module"}
-        inlined = [m for path, m in self.model.named_modules()
-                   if path not in used and not any(path.startswith(u + ".") for u in used)]
-        _flatten_module_calls(gm)
         axes = {s.name: (s.axes if pools.get(s.name) is None or "pos" not in s.axes
                          else tuple(a for a in s.axes if a != "pos")) for s in sites}
-        call = gm.forward if method == "forward" else functools.partial(self.model.traced_call, gm.forward)
-        return call, inlined, axes, {s.name: s for s in sites}, fingerprint(inlined)
+        return _entry(self.model, gm, method), inlined, axes, {s.name: s for s in sites}, fingerprint(inlined)
+
+
+def _trace(model: nn.Module, leaves: set[str]) -> tuple[fx.Graph, str] | None:
+    """The graph of the model's ``forward`` (or its ``traced_method``) with ``leaves`` kept as module calls, and
+    the method's name; ``None`` where it does not trace."""
+    method = getattr(model, "traced_method", "forward")
+    if method is None:
+        return None
+    tracer = _Tracer(leaves)
+    tracer.traced_func_name = method
+    try:
+        return tracer.trace(model), method
+    except Exception:  # data-dependent control flow, numpy inside forward, ...: the hooks serve
+        return None
+
+
+def _site_node(graph: fx.Graph, site: Any) -> fx.Node | None:
+    """The node whose value is ``site`` (its module's output; the graph's output for the root)."""
+    if site.module_path == "":
+        node = next(n for n in graph.nodes if n.op == "output").args[0]
+        return node if isinstance(node, fx.Node) else None
+    nodes = [n for n in graph.nodes if n.op == "call_module" and str(n.target) == site.module_path]
+    index = site.call_index or 0
+    if len(nodes) <= index or (site.call_index is None and len(nodes) != 1):
+        return None
+    return nodes[index]
+
+
+def _module(model: nn.Module, graph: fx.Graph) -> fx.GraphModule | None:
+    """The graph as a module calling each module's ``forward`` directly (the graph's call targets are renamed)."""
+    try:
+        gm = fx.GraphModule(model, graph)
+    except Exception:
+        return None
+    _flatten_module_calls(gm)
+    return gm
+
+
+def _inlined(model: nn.Module, graph: fx.Graph) -> list[nn.Module]:
+    """The modules whose code the graph inlines (every module that is not a called one or inside one)."""
+    used = {str(n.target) for n in graph.nodes if n.op == "call_module"}
+    return [m for path, m in model.named_modules() if path not in used and not any(path.startswith(u + ".")
+                                                                                   for u in used)]
+
+
+def _entry(model: nn.Module, gm: fx.GraphModule, method: str) -> Callable:
+    """How to call the graph with ``forward``'s arguments."""
+    return gm.forward if method == "forward" else functools.partial(model.traced_call, gm.forward)
+
+
+class Cones:
+    """Graphs for exact patching of several sites (:func:`site_cones`).
+
+    ``record(*forward's arguments) -> (output, site values, external values)`` runs the whole model once;
+    ``rest[site](site value, *its external values) -> output`` then computes only the nodes downstream of that
+    site — its value replaced by what is passed — with every other value they read (a skip connection from
+    before the site, a second head that does not depend on it) taken from the recorded run
+    (``uses[site]``: the indices of its external values). A patched run thus does exactly the work of a
+    hand-written loop over the modules after the site, without the modules' ``__call__`` machinery."""
+
+    def __init__(self, record: Callable, rest: dict[str, Callable], uses: dict[str, list[int]],
+                 inlined: list[nn.Module], baked: list[tuple], modules: list[nn.Module]):
+        self.record, self.rest, self.uses, self.inlined, self.baked = record, rest, uses, inlined, baked
+        self.modules = modules  # every module of the model, for the hook check (:func:`usable`)
+
+
+def site_cones(model: nn.Module, sites: Sequence[Any]) -> Cones | None:
+    """:class:`Cones` of ``sites`` (module outputs or inputs, each module run once, none inside another); ``None`` where
+    the model does not trace, works in place anywhere (a recorded value could change after it is read), or a
+    site is not one node of the graph."""
+    if any(s.kind not in ("output", "input") or s.read is not None or s.write is not None or not s.module_path
+           for s in sites):
+        return None
+    traced = _trace(model, {s.module_path for s in sites})
+    if traced is None:
+        return None
+    graph, method = traced
+    calls = [_site_node(graph, s) for s in sites]
+    if any(n is None for n in calls) or any(_mutates(n, model) for n in graph.nodes):
+        return None
+    # the node holding each site's value: the module's output, or (an "input" site) its first argument, which
+    # the patch replaces for that module only (other readers of the same value keep the recorded one)
+    values = [c if s.kind == "output" else c.args[0] if c.args else None for s, c in zip(sites, calls)]
+    if any(not isinstance(v, fx.Node) for v in values) or any(
+            s.kind == "input" and (c.args.count(v) != 1 or v in c.kwargs.values())
+            for s, c, v in zip(sites, calls, values)):  # the patch replaces that one argument
+        return None
+    output = next(n for n in graph.nodes if n.op == "output")
+    externals: dict[fx.Node, int] = {}
+    cones, uses = {}, {}
+    try:
+        for s, call, value in zip(sites, calls, values):
+            down = {call}
+            for n in graph.nodes:
+                if n.op != "output" and n not in down and any(a in down for a in n.all_input_nodes):
+                    down.add(n)
+            again = down - {call} if s.kind == "output" else down  # computed again on the patched value
+
+            def reads(n: fx.Node) -> bool:  # whether the cone reads n's recorded value
+                return any(u is output or (u in again and not (u is call and n is value)) for u in n.users)
+
+            needed = [n for n in graph.nodes if n not in again and n is not call and n.op not in ("output", "get_attr")
+                      and reads(n)]
+            cone = fx.Graph()
+            site_value = cone.placeholder("site_value")
+            env = {n: cone.placeholder(f"external_{i}") for i, n in enumerate(needed)}
+            if s.kind == "output":
+                env[call] = site_value
+            for n in graph.nodes:
+                if n.op == "get_attr" and any(u in down or u is output for u in n.users):
+                    env[n] = cone.node_copy(n, lambda a: env[a])
+                elif n is call and s.kind == "input":
+                    env[n] = cone.node_copy(n, lambda a: site_value if a is value else env[a])
+                elif n in down and n is not call:
+                    env[n] = cone.node_copy(n, lambda a: env[a])
+            cone.output(fx.map_arg(output.args[0], lambda a: env[a]))
+            cones[s.name] = cone
+            uses[s.name] = [externals.setdefault(n, len(externals)) for n in needed]
+    except KeyError:  # a value the cone reads that is neither downstream nor recorded
+        return None
+    inlined = _inlined(model, graph)
+    graph.output((output.args[0], tuple(values), tuple(externals)))
+    graph.erase_node(output)
+    record = _module(model, graph)
+    rest = {name: _module(model, g) for name, g in cones.items()}
+    if record is None or any(r is None for r in rest.values()):
+        return None
+    return Cones(_entry(model, record, method), {k: r.forward for k, r in rest.items()}, uses, inlined,
+                 fingerprint(inlined), list(model.modules()))
 
 
 def _flatten_module_calls(gm: fx.GraphModule) -> None:

@@ -257,3 +257,45 @@ def test_one_example_runs_the_prefix_on_one_row_or_falls_back_to_copies(stale_ba
         assert rows[0] == unpatched + 2 * 1 + 4 * 2 * 2
     else:
         assert rows[0] == unpatched + 4 * 2 * 1  # four chunks, two calls, one row each
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_cones_run_only_what_depends_on_the_site(rows, monkeypatch):
+    """Where the model traces, each patched run computes only the nodes downstream of its site (the site's
+    cone), with every other value read from the base run: the CartPole agent's critic head never runs in a
+    patched row of an actor site, and block inputs (a pre-hook's semantics) and outputs of the digits ViT
+    give the values of the hook path."""
+    import rl
+    import vision.zoo
+
+    agent = rl.zoo.load("cartpole-ppo")
+    g = torch.Generator().manual_seed(3)
+    obs = torch.randn(2 * rows, 4, generator=g)
+    sites = ["policy.0", "policy.1", "policy.3"]
+    agent.trace(obs[:rows])
+    critic = agent.model.net.value_net
+    own = type(critic).forward
+    computed = [0]
+
+    def counting(self, *a, **kw):
+        computed[0] += self is critic
+        return own(self, *a, **kw)
+
+    monkeypatch.setattr(type(critic), "forward", counting)
+    diff = lambda out: out.logits[:, 0] - out.logits[:, 1]  # noqa: E731
+    fast = patch_sweep(agent, obs[:rows], obs[rows:], sites, diff, progress=False)
+    assert any(c is not None for c in agent._cones.values())
+    assert computed[0] == 2  # the base and the source runs only
+    slow = patch_sweep(agent, obs[:rows], obs[rows:], sites, diff, reuse_prefix=False, progress=False)
+    monkeypatch.undo()
+    for s in sites:
+        assert torch.allclose(fast.metric_values[s], slow.metric_values[s], atol=1e-6), s
+
+    vit = vision.zoo.load("digits-vit")
+    X, y = vision.zoo.test_data("digits-vit")
+    vsites = ["blocks.0.resid_pre", "blocks.1", "blocks.2.resid_pre", "blocks.2.resid_post"]
+    fast = patch_sweep(vit, X[:rows], X[10:10 + rows], vsites, logit_diff(0, 1), progress=False)
+    assert any(c is not None for c in vit._cones.values())
+    slow = patch_sweep(vit, X[:rows], X[10:10 + rows], vsites, logit_diff(0, 1), reuse_prefix=False, progress=False)
+    for s in vsites:
+        assert torch.allclose(fast.metric_values[s], slow.metric_values[s], atol=1e-5), s
