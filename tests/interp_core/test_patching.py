@@ -376,7 +376,7 @@ def test_prefix_reuse_overrides_stack_and_end_in_any_order():
     """Patching's prefix reuse goes through the one forward-override mechanism: it stacks with a user's own
     override on the same module, and the two can end in either order."""
     from interp_core.forwards import active_overrides, replace_forward
-    from interp_core.patching import _reusing
+    from interp_core.patch_engine import _reusing
 
     vit = tiny_vit()
     hm = HookedModel(vit)
