@@ -19,6 +19,10 @@ observations) does not trace as a whole, but it can offer its tensor part: an at
 naming a method on tensors only (traced instead of ``forward``; ``None``: do not trace), and
 ``traced_call(fn, *args, **kwargs)``, which prepares ``forward``'s arguments and calls ``fn`` on them — the
 graph built from that method, here; the method itself in ``forward``, so the two paths cannot drift apart.
+
+A graph replays the tensor operations the model performed when it was traced: Python side effects of
+``forward`` (a call counter, a list it appends to) are not replayed. For such a model set
+``hm.fast_cache = False`` and patch with ``reuse_prefix=False``.
 """
 
 from __future__ import annotations
