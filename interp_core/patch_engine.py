@@ -288,7 +288,7 @@ def _base(hm: HookedModel, inputs: Any, targets: Sequence[Site], reuse_prefix: b
     its site), else :func:`_base_run` (``cones = None``; patched runs reuse recorded module outputs)."""
     cones = _usable_cones(hm, targets) if reuse_prefix else None
     if cones is not None:
-        out, values, externals = call_model(cones.record, inputs)
+        out, values, externals = hm._call(inputs, cones.record)  # raw failures: the suite's error
         if all(map(_plain, externals)) and all(isinstance(v, torch.Tensor) for v in values):
             return out, {s.name: v for s, v in zip(targets, values)}, {}, (cones, externals)
     out, cache, outputs = _base_run(hm, inputs, targets, reuse_prefix)

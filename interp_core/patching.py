@@ -84,7 +84,7 @@ import torch
 
 from .boundary import as_hooked, as_inputs
 from .errors import InputError
-from .hooked import HookedModel, call_model
+from .hooked import HookedModel
 from .interventions import Ablate, Patch, Replace
 from .metrics import Metric, as_metric
 from .patch_engine import (
@@ -270,7 +270,7 @@ def patch_sweep(model: Any, clean: Any, corrupted: Any, sites: Sequence[str] | s
     with hm.analysis(), torch.no_grad():
         out_base, base_cache, base_outputs, cones = _base(hm, base, targets, reuse_prefix)
         if cones is not None:  # the cones' recording graph gives the source's site values too
-            out_src, values, _ = call_model(cones[0].record, src)
+            out_src, values, _ = hm._call(src, cones[0].record)
             src_cache = dict(zip(names, values))
         else:
             out_src, src_cache = hm.run_with_cache(src, sites=names)
