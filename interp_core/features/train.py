@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,15 +141,43 @@ class _Trainer:
             aux = sae.aux_coef * (e - m.aux_reconstruction(xn, dead, self.aux_k)).pow(2).sum(-1).mean() / m.d
         return {"loss": mse + penalty + aux, "mse": mse, "penalty": penalty, "aux": aux}, out
 
-    def train_step(self, x: torch.Tensor) -> None:
+    def train_step(self, x: torch.Tensor, part: tuple[int, int] | None = None,
+                   reduce: Callable[[torch.Tensor, str], torch.Tensor] | None = None) -> None:
+        """One Adam step on the batch ``x``.
+
+        Data parallel (:func:`interp_core.distributed.fit_sae`): this process computes on rows ``part = (lo, hi)``
+        of the global batch only, and ``reduce(tensor, op)`` sums (``op="sum"``) or max-es over the processes:
+        the gradients (each weighted by its share of the rows), the fired mask and the logged numbers, so every
+        process takes the step of the whole batch."""
         m, sae = self.m, self.sae
-        xn = m.normalize(x)
-        parts, out = self.losses(xn)
-        loss, mse = parts["loss"], parts["mse"]
+        N = x.shape[0]
+        lo, hi = part if part is not None else (0, N)
+        share = (hi - lo) / N
         n_dead = int((self.since_fired >= sae.dead_after).sum())
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        unit = m.variant in UNIT_NORM
+        self.opt.zero_grad(set_to_none=reduce is None)
+        out: dict[str, Any] = {}
+        if hi > lo:
+            xn = m.normalize(x[lo:hi])
+            parts, out = self.losses(xn)
+            (parts["loss"] * share if share != 1 else parts["loss"]).backward()
+            fired = out["fired"].detach().cpu()
+            logged = [float(parts["loss"].detach()) * share, float(parts["mse"].detach()) * share,
+                      float(out["l0"]) * share]
+        else:  # fewer rows than processes: this one contributes nothing to the step
+            fired = torch.zeros(m.n, dtype=torch.bool)
+            logged = [0.0, 0.0, 0.0]
+        if reduce is not None:
+            params = list(m.parameters())
+            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+            reduce(flat, "sum")  # the gradient of the whole batch's mean loss (DDP's all-reduce)
+            i = 0
+            for p in params:
+                if p.requires_grad:
+                    p.grad = flat[i:i + p.numel()].view_as(p).clone()
+                i += p.numel()
+            fired = reduce(fired.to(torch.int32), "max").bool()
+            logged = reduce(torch.tensor(logged, dtype=torch.float64), "sum").tolist()
+        unit = m.variant in UNIT_NORM and not m.rescale
         with torch.no_grad():
             if unit and m.W_dec.grad is not None:  # keep the update tangent to the unit sphere of each row
                 w = m.W_dec
@@ -158,19 +186,19 @@ class _Trainer:
         with torch.no_grad():
             if unit:
                 m.W_dec /= m.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            if m.variant == "batchtopk":
+            if m.variant == "batchtopk":  # single process only (fit_sae refuses BatchTopK)
                 vals = out["vals"].detach()
                 pos = vals[vals > 0]
                 if pos.numel():
                     low = pos.min()
                     th = m.threshold
                     m.threshold.copy_(low if torch.isnan(th) else THRESHOLD_DECAY * th + (1 - THRESHOLD_DECAY) * low)
-        self.since_fired += x.shape[0]
-        self.since_fired[out["fired"].cpu()] = 0
+        self.since_fired += N
+        self.since_fired[fired] = 0
         self.step += 1
-        self._acc.append([float(loss.detach()), float(mse.detach()), float(out["l0"]), n_dead / m.n])
+        self._acc.append([*logged, n_dead / m.n])
         if self.handling == "resample" and self.step % sae.resample_every == 0:
-            self._resample(xn)
+            self._resample(m.normalize(x))  # the whole batch, on every process alike
         if self.step % LOG_EVERY == 0:
             a = torch.tensor(self._acc).mean(0).tolist()
             sae.history_.append({"step": self.step, "loss": a[0], "mse": a[1], "l0": a[2], "dead_fraction": a[3]})
@@ -316,13 +344,14 @@ def fit_saes(source: Any, saes: Mapping[str, SparseAutoencoder | Sequence[Sparse
     bar.close()
     save(done=True)
     for t in trainers:
+        t.m.fold()  # a rescaled decoder ends as unit rows with the norms in the encoder (exact)
         freeze(t.m)
     return saes
 
 
 def _checked(x: torch.Tensor, site: str, where: str) -> torch.Tensor:
     x = x.float() if x.dtype != torch.float32 else x
-    if not bool(torch.isfinite(x).all()):
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):  # a finite sum: all finite
         raise InputError(f"site '{site}' ({where}): the feature rows hold NaN or infinite values; clean the "
                          f"activations (or the inputs) first")
     return x

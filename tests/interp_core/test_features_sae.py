@@ -148,9 +148,14 @@ def test_initialisation_encoder_transpose_and_bias():
     X = X + 2.0
     sae = SparseAutoencoder(20, variant="topk", k=3, normalize=None, bias_init="mean")
     m = sae.build(X)
-    torch.testing.assert_close(m.W_enc, 0.1 * m.W_dec)  # W_enc [n, d] = 0.1 (W_dec^T)^T for TopK ("auto")
+    # TopK ("auto"): rescaled decoder with rows of norm decoder_init_norm, W_enc [n, d] = (W_dec^T)^T
+    torch.testing.assert_close(m.W_dec.norm(dim=1), torch.full((20,), sae.decoder_init_norm))
+    torch.testing.assert_close(m.W_enc, m.W_dec)
+    m = SparseAutoencoder(20, variant="topk", k=3, normalize=None, bias_init="mean", decoder="unit").build(X)
+    torch.testing.assert_close(m.W_enc, 0.1 * m.W_dec)  # W_enc [n, d] = 0.1 (W_dec^T)^T for unit TopK ("auto")
     for variant, scale, want in (("relu", "auto", 1.0), ("jumprelu", "auto", 1.0), ("topk", 0.5, 0.5)):
-        m2 = SparseAutoencoder(20, variant=variant, k=3, normalize=None, encoder_init_scale=scale).build(X)
+        m2 = SparseAutoencoder(20, variant=variant, k=3, normalize=None, encoder_init_scale=scale,
+                               decoder="unit" if variant == "topk" else "auto").build(X)
         torch.testing.assert_close(m2.W_enc, want * m2.W_dec)
     with pytest.raises(InputError, match="encoder_init_scale"):
         SparseAutoencoder(20, encoder_init_scale=0).build(X)
@@ -181,7 +186,7 @@ def test_planted_dictionary_recovered_and_undersized_worse(variant):
 
 def test_auxk_loss_matches_its_definition():
     X, _ = planted(n=256)
-    sae = SparseAutoencoder(24, variant="topk", k=3, aux_k=4, aux_coef=0.5, dead_after=10)
+    sae = SparseAutoencoder(24, variant="topk", k=3, aux_k=4, aux_coef=0.5, dead_after=10, decoder="unit")
     t = _Trainer("rows", sae, X)
     dead = torch.zeros(24, dtype=torch.bool)
     dead[[1, 5, 7, 11, 20]] = True
