@@ -366,67 +366,14 @@ def fit_sae(source: Any, saes: Mapping[str, Any], *, pool: Any = None, epochs: i
                                                        pool=pool)):
             for t in trainers:
                 x = _checked(batch[t.site], t.site, f"epoch {epoch} batch {bi}")
-                _ddp_step(t, x, rank, world)
+                N = x.shape[0]
+                t.train_step(x, (rank * N // world, (rank + 1) * N // world), _all_reduce)
             bar.update(1)
     bar.close()
     for t in trainers:
+        t.m.fold()  # a rescaled decoder ends as unit rows with the norms in the encoder (as fit_saes does)
         freeze(t.m)
     return saes
-
-
-def _ddp_step(t: Any, x: torch.Tensor, rank: int, world: int) -> None:
-    """One step of trainer ``t`` on the global batch ``x`` (``_Trainer.train_step`` with this rank computing
-    on its slice and the gradients, the fired mask and the logged numbers reduced over ranks)."""
-    from .features.sae import UNIT_NORM
-
-    m, sae = t.m, t.sae
-    N = x.shape[0]
-    lo, hi = rank * N // world, (rank + 1) * N // world
-    share = (hi - lo) / N
-    n_dead = int((t.since_fired >= sae.dead_after).sum())
-    t.opt.zero_grad(set_to_none=False)
-    params = list(m.parameters())
-    if hi > lo:
-        xn = m.normalize(x[lo:hi])
-        parts, out = t.losses(xn)
-        (parts["loss"] * share).backward()
-        fired = out["fired"].detach().to(torch.int32).cpu()
-        logged = torch.tensor([float(parts["loss"].detach()), float(parts["mse"].detach()),
-                               float(out["l0"].detach())], dtype=torch.float64) * share
-    else:  # fewer rows than ranks: this rank contributes nothing to the step
-        fired = torch.zeros(m.n, dtype=torch.int32)
-        logged = torch.zeros(3, dtype=torch.float64)
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    _all_reduce(flat)  # the gradient of the whole batch's mean loss (DDP's all-reduce, weighted by rows)
-    i = 0
-    for p in params:
-        k = p.numel()
-        if p.requires_grad:
-            p.grad = flat[i:i + k].view_as(p).clone()
-        i += k
-    _all_reduce(fired, "max")
-    _all_reduce(logged)
-    unit = m.variant in UNIT_NORM
-    with torch.no_grad():
-        if unit and m.W_dec.grad is not None:  # keep the update tangent to the unit sphere of each row
-            m.W_dec.grad -= (m.W_dec.grad * m.W_dec).sum(1, keepdim=True) * m.W_dec
-    t.opt.step()
-    with torch.no_grad():
-        if unit:
-            m.W_dec /= m.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    t.since_fired += N
-    t.since_fired[fired.bool()] = 0
-    t.step += 1
-    t._acc.append([*logged.tolist(), n_dead / m.n])
-    if t.handling == "resample" and t.step % sae.resample_every == 0:
-        t._resample(m.normalize(x))  # the whole batch, on every rank alike
-    from .features.train import LOG_EVERY
-
-    if t.step % LOG_EVERY == 0:
-        a = torch.tensor(t._acc).mean(0).tolist()
-        sae.history_.append({"step": t.step, "loss": a[0], "mse": a[1], "l0": a[2], "dead_fraction": a[3]})
-        t._acc = []
 
 
 # ---------------------------------------------------------------------------------------------- similarity
