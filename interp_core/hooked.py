@@ -125,7 +125,7 @@ class HookedModel:
         self._traced_graphs: TracedCache | None = None
         self._plans: dict[Any, Any] = {}
         self._rebuilt: set[Any] = set()  # plans whose graph was found stale once and built again
-        self._cones: dict[str, Any] = {}  # per site: interp_core.traced.Cone for exact patching, or None
+        self._cones: dict[tuple, Any] = {}  # per tuple of sites: interp_core.traced.Cones for patching, or None
         self._trace_signature: tuple | None = None
         self._trace_description = ""
         self._warned_train = False
