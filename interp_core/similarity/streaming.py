@@ -78,6 +78,19 @@ def _offsets(dims: Sequence[int]) -> list[slice]:
     return out
 
 
+def _gather_layouts(mine: Any, group: Any) -> list[Any]:
+    """Every rank's accumulator layout (``None`` for a rank that saw no rows), checked to agree."""
+    import torch.distributed as dist
+
+    seen: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(seen, mine, group=group)
+    kinds = {repr(s) for s in seen if s is not None}
+    if len(kinds) > 1:
+        raise InputError(f"the ranks' accumulators differ in layers or estimator ({sorted(kinds)}); give every "
+                         f"rank the same sites and the same debiased=")
+    return seen
+
+
 class _OnePair:
     """``value()``: the single entry of ``matrix()``."""
 
@@ -338,13 +351,8 @@ class LinearCKAAccumulator(_OnePair):
             return self
         self._flush(self.product_dtype if self._pending_rows >= self.block_rows else None)
         mine = (list(self.dims_x_), list(self.dims_y_), self.debiased) if self._init else None
-        seen: list[Any] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(seen, mine, group=group)
-        kinds = {repr(s) for s in seen if s is not None}
-        if len(kinds) > 1:
-            raise InputError(f"the ranks' accumulators differ in layers or estimator ({sorted(kinds)}); give every "
-                             f"rank the same sites and the same debiased=")
-        if not kinds:
+        seen = _gather_layouts(mine, group)
+        if not any(x is not None for x in seen):
             return self  # no rank saw any rows
         if not self._init:
             dims_x, dims_y, _ = next(s for s in seen if s is not None)
@@ -480,13 +488,8 @@ class MinibatchCKA(_OnePair):
         if not (dist.is_available() and dist.is_initialized()):
             return self
         mine = (tuple(self._xy.shape), self.debiased) if self.n_batches_ else None
-        seen: list[Any] = [None] * dist.get_world_size(group)
-        dist.all_gather_object(seen, mine, group=group)
-        kinds = {repr(s) for s in seen if s is not None}
-        if len(kinds) > 1:
-            raise InputError(f"the ranks' accumulators differ in layers or estimator ({sorted(kinds)}); give every "
-                             f"rank the same sites and the same debiased=")
-        if not kinds:
+        seen = _gather_layouts(mine, group)
+        if not any(x is not None for x in seen):
             return self
         shape = next(s for s in seen if s is not None)[0]
         if not self.n_batches_:
