@@ -43,8 +43,21 @@ class ZooSpec:
     eval_every: int | None = None
 
 
+def _cuemaze_training() -> dict:
+    """The CueMaze agents' policy and PPO settings (fresh dicts per spec)."""
+    from .nets import MiniGridOneHotCNN
+
+    return dict(policy_kwargs=dict(features_extractor_class=MiniGridOneHotCNN,
+                                   features_extractor_kwargs=dict(features_dim=64),
+                                   lstm_hidden_size=64, n_lstm_layers=1, shared_lstm=True, enable_critic_lstm=False,
+                                   net_arch=dict(pi=[64], vf=[64]), activation_fn=nn.Tanh, normalize_images=False),
+                algo_kwargs=dict(n_steps=64, batch_size=256, gae_lambda=0.95, gamma=0.99, n_epochs=8,
+                                 ent_coef=0.01, learning_rate=2e-3, clip_range=0.2),
+                n_envs=8, total_timesteps=600_000, target=("success_rate", 0.95), eval_every=10_240)
+
+
 def _specs() -> dict[str, ZooSpec]:
-    from .nets import MiniGridCNN, MiniGridOneHotCNN, PixelCNN
+    from .nets import MiniGridCNN, PixelCNN
 
     return {
         "cartpole-ppo": ZooSpec(
@@ -107,13 +120,7 @@ def _specs() -> dict[str, ZooSpec]:
         # differ by 1 in one input) and lr 1e-3, seed 0 sat at chance (52%) for 61k steps.
         "cuemaze-recurrent": ZooSpec(
             name="cuemaze-recurrent", env_id="MiniGrid-CueMaze-v0", algo="recurrent_ppo", policy="CnnLstmPolicy",
-            policy_kwargs=dict(features_extractor_class=MiniGridOneHotCNN,
-                               features_extractor_kwargs=dict(features_dim=64),
-                               lstm_hidden_size=64, n_lstm_layers=1, shared_lstm=True, enable_critic_lstm=False,
-                               net_arch=dict(pi=[64], vf=[64]), activation_fn=nn.Tanh, normalize_images=False),
-            algo_kwargs=dict(n_steps=64, batch_size=256, gae_lambda=0.95, gamma=0.99, n_epochs=8,
-                             ent_coef=0.01, learning_rate=2e-3, clip_range=0.2),
-            n_envs=8, total_timesteps=600_000, target=("success_rate", 0.95), eval_every=10_240,
+            **_cuemaze_training(),
             env_kwargs=dict(corridor_length=(1, 2)),
         ),
         # The same with longer corridors and distractors (the corridor's side walls recoloured at random every
@@ -121,13 +128,7 @@ def _specs() -> dict[str, ZooSpec]:
         "cuemaze-noisy-recurrent": ZooSpec(
             name="cuemaze-noisy-recurrent", env_id="MiniGrid-CueMaze-v0", algo="recurrent_ppo",
             policy="CnnLstmPolicy",
-            policy_kwargs=dict(features_extractor_class=MiniGridOneHotCNN,
-                               features_extractor_kwargs=dict(features_dim=64),
-                               lstm_hidden_size=64, n_lstm_layers=1, shared_lstm=True, enable_critic_lstm=False,
-                               net_arch=dict(pi=[64], vf=[64]), activation_fn=nn.Tanh, normalize_images=False),
-            algo_kwargs=dict(n_steps=64, batch_size=256, gae_lambda=0.95, gamma=0.99, n_epochs=8,
-                             ent_coef=0.01, learning_rate=2e-3, clip_range=0.2),
-            n_envs=8, total_timesteps=600_000, target=("success_rate", 0.95), eval_every=10_240,
+            **_cuemaze_training(),
             env_kwargs=dict(corridor_length=(2, 4), distractors=True),
         ),
         # DoorKey-5x5 from RGB frames of the partial view (4 pixels per cell: 28x28x3), a small CNN.
