@@ -346,8 +346,8 @@ def _exact_site(hm: HookedModel, base: Any, site: Site, source: torch.Tensor, ba
     if cones is not None:
         graphs, externals = cones
         ext = [externals[i] for i in graphs.uses[site.name]]
-        return _exact_site_cone(graphs.rest[site.name], ext, source, base_act, dims, metric, k_max, n_units,
-                                bar), no_op
+        return _exact_site_cone(graphs.narrowed(site.name, (base_act, *ext)), ext, source, base_act, dims, metric,
+                                k_max, n_units, bar), no_op
     # every module that finished before the site's module started returns its recorded output, and so does
     # the site's own module when the site is its output: the patch then acts on that recorded output, so a
     # patched row computes only what comes after the site (the compute floor of exact patching)

@@ -35,7 +35,10 @@ run computes only what depends on the patched site, in one of two ways:
   connection from before the site, a critic head that does not depend on an actor site); each chunk then runs
   only the site's cone — the nodes downstream of it, on the patched values — calling modules' ``forward``
   directly. An input site (a ViT's ``blocks.3.resid_pre``) is replaced for its module only, as a pre-hook
-  would. A graph found stale (the model changed since it was built) is built again.
+  would. A graph found stale (the model changed since it was built) is built again. Where the output reads
+  only some rows of a value (a ViT's class token), the cone is narrowed to them (:mod:`interp_core.narrow`):
+  the last block's MLP, the final norm and the head run on the class token alone, less work than a hand loop
+  that runs every token through them.
 - **Prefix reuse** (anything else: in-place ResNets, models that do not trace): modules that finish
   before the site's module starts (in the traced forward order) return the base run's outputs instead of
   recomputing them, and where the site is a module's output (``blocks.3``, ``layer2.1``) and that module
@@ -43,8 +46,8 @@ run computes only what depends on the patched site, in one of two ways:
   module's output does not depend on the patch, so the values are unchanged). All recorded in the one base
   run.
 
-A patched row then computes only what follows the site — the compute floor of exact patching, the same work
-as a hand-written loop that stacks patched copies of block ``i``'s output and runs blocks ``i+1..``
+A patched row then computes only what follows the site — at most the work of a hand-written loop that stacks
+patched copies of block ``i``'s output and runs blocks ``i+1..``
 (``benchmarks/patching.py``: see the README's table for the measured ratios). With a single base example the
 reused values reach the site as broadcast views, and code that is not on the site's path runs on one row, not
 one per patch; a model that cannot run that way (it writes in place to a view, or reshapes with a batch size

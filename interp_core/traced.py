@@ -27,6 +27,7 @@ A graph replays the tensor operations the model performed when it was traced: Py
 
 from __future__ import annotations
 
+import copy
 import functools
 import operator
 from collections.abc import Callable, Sequence
@@ -181,10 +182,29 @@ class Cones:
     (``uses[site]``: the indices of its external values). A patched run thus does exactly the work of a
     hand-written loop over the modules after the site, without the modules' ``__call__`` machinery."""
 
-    def __init__(self, record: Callable, rest: dict[str, Callable], uses: dict[str, list[int]],
-                 inlined: list[nn.Module], baked: list[tuple], modules: list[nn.Module]):
-        self.record, self.rest, self.uses, self.inlined, self.baked = record, rest, uses, inlined, baked
-        self.modules = modules  # every module of the model, for the hook check (:func:`usable`)
+    def __init__(self, model: nn.Module, record: Callable, rest: dict[str, Callable], graphs: dict[str, fx.Graph],
+                 uses: dict[str, list[int]], inlined: list[nn.Module], baked: list[tuple]):
+        self.model, self.record, self.rest, self.uses = model, record, rest, uses
+        self.inlined, self.baked = inlined, baked
+        self.graphs = graphs  # each site's cone before compilation, for :meth:`narrowed`
+        self.modules = list(model.modules())  # for the hook check (:func:`usable`)
+        self._narrowed: dict[tuple, Callable] = {}
+
+    def narrowed(self, site: str, args: Sequence[Any]) -> Callable:
+        """``rest[site]`` narrowed to the rows the output reads (:func:`interp_core.narrow.narrow`), built for
+        the base run's ``args`` (site value, external values) on first use and kept per their shapes."""
+        key = (site, *(tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args))
+        fn = self._narrowed.get(key)
+        if fn is None:
+            from .narrow import narrow
+
+            got = narrow(self.model, self.graphs[site], args,
+                         lambda g: getattr(_module(self.model, g), "forward", None))
+            fn = self._narrowed[key] = got[0] if got else self.rest[site]
+            if got:  # its code is now baked in too: the same checks apply to it (:func:`usable`, :func:`unchanged`)
+                self.inlined += got[1]
+                self.baked += fingerprint(got[1])
+        return fn
 
 
 def site_cones(model: nn.Module, sites: Sequence[Any]) -> Cones | None:
@@ -245,11 +265,11 @@ def site_cones(model: nn.Module, sites: Sequence[Any]) -> Cones | None:
     graph.output((output.args[0], tuple(values), tuple(externals)))
     graph.erase_node(output)
     record = _module(model, graph)
-    rest = {name: _module(model, g) for name, g in cones.items()}
+    rest = {name: _module(model, copy.deepcopy(g)) for name, g in cones.items()}  # compiling renames targets
     if record is None or any(r is None for r in rest.values()):
         return None
-    return Cones(_entry(model, record, method), {k: r.forward for k, r in rest.items()}, uses, inlined,
-                 fingerprint(inlined), list(model.modules()))
+    return Cones(model, _entry(model, record, method), {k: r.forward for k, r in rest.items()}, cones, uses, inlined,
+                 fingerprint(inlined))
 
 
 def _flatten_module_calls(gm: fx.GraphModule) -> None:
