@@ -58,7 +58,7 @@ def summary(results: Path = RESULTS) -> str:
             value = c.get("value")
             shown = f"{value:.3g}{c.get('unit', '')}" if isinstance(value, (int, float)) else str(value)
             met = {True: "met", False: "**not met**"}.get(c.get("met"), "—")
-            rows.append(f"| {path.stem} | {c.get('claim', '')} | {shown} | {c.get('target', '—')} | {met} |")
+            rows.append(f"| {path.stem} | {c.get('claim', '')} | {shown} | {c.get('target') or '—'} | {met} |")
     lines = ["# Benchmark results", "",
              f"Written by `python -m benchmarks` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"{platform.machine()}, Python {platform.python_version()}. Each line is one claim of one results "
