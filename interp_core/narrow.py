@@ -51,6 +51,9 @@ def narrow(model: nn.Module, graph: fx.Graph, args: Sequence[Any], compile: Call
     ``args``, or ``None`` where no selection moved (or the narrowed graph disagreed with the full one, which is
     then logged). A selection that reaches a module the graph calls (a block that is itself a patched site)
     goes on into its code, which the graph then inlines (only in eval mode: ``torch.fx`` bakes the flag in)."""
+    if not any(n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[1], tuple)
+               for n in graph.nodes):  # no selection to move (a CNN's cone): no need to run it
+        return None
     graph = copy.deepcopy(graph)
     full = _shapes(model, graph, args)
     if full is _FAILED:

@@ -179,8 +179,9 @@ class Cones:
     ``rest[site](site value, *its external values) -> output`` then computes only the nodes downstream of that
     site — its value replaced by what is passed — with every other value they read (a skip connection from
     before the site, a second head that does not depend on it) taken from the recorded run
-    (``uses[site]``: the indices of its external values). A patched run thus does exactly the work of a
-    hand-written loop over the modules after the site, without the modules' ``__call__`` machinery."""
+    (``uses[site]``: the indices of its external values). A patched run thus does the work of a hand-written
+    loop over the modules after the site, without the modules' ``__call__`` machinery, or less once
+    :meth:`narrowed` has cut it to the rows the output reads."""
 
     def __init__(self, model: nn.Module, record: Callable, rest: dict[str, Callable], graphs: dict[str, fx.Graph],
                  uses: dict[str, list[int]], inlined: list[nn.Module], baked: list[tuple]):
