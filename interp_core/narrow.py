@@ -54,6 +54,15 @@ def narrow(model: nn.Module, graph: fx.Graph, args: Sequence[Any], compile: Call
     if not any(n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[1], tuple)
                for n in graph.nodes):  # no selection to move (a CNN's cone): no need to run it
         return None
+    try:
+        return _narrow(model, graph, args, compile)
+    except Exception as e:  # noqa: BLE001 - an optimisation: the full cone computes the same values
+        log.warning("narrowing a patching cone failed (%s: %s); the full cone is used", type(e).__name__, e)
+        return None
+
+
+def _narrow(model: nn.Module, graph: fx.Graph, args: Sequence[Any], compile: Callable[[fx.Graph], Any],
+            ) -> tuple[Any, list[nn.Module]] | None:
     graph = copy.deepcopy(graph)
     full = _shapes(model, graph, args)
     if full is _FAILED:
