@@ -37,8 +37,8 @@ run computes only what depends on the patched site, in one of two ways:
   directly. An input site (a ViT's ``blocks.3.resid_pre``) is replaced for its module only, as a pre-hook
   would. A graph found stale (the model changed since it was built) is built again. Where the output reads
   only some rows of a value (a ViT's class token), the cone is narrowed to them (:mod:`interp_core.narrow`):
-  the last block's MLP, the final norm and the head run on the class token alone, less work than a hand loop
-  that runs every token through them.
+  the last block attends from the class token's query only, and its MLP, the final norm and the head run on
+  that token alone, less work than a hand loop that runs every token through them.
 - **Prefix reuse** (anything else: in-place ResNets, models that do not trace): modules that finish
   before the site's module starts (in the traced forward order) return the base run's outputs instead of
   recomputing them, and where the site is a module's output (``blocks.3``, ``layer2.1``) and that module

@@ -6,7 +6,9 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from interp_core import HookedModel, narrow
 from interp_core.metrics import logit_diff
@@ -37,17 +39,29 @@ def test_class_token_readout_runs_the_last_mlp_on_one_token_with_the_hook_loops_
             seen.append(tuple(x.shape[:-1]))
         return own(self, x)
 
+    class Queries(TorchFunctionMode):  # the queries of every attention (the graph calls the builtin directly)
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is F.scaled_dot_product_attention:
+                queries.append(args[0].shape[2])
+            return func(*args, **(kwargs or {}))
+
     monkeypatch.setattr(nn.Linear, "forward", counting)
     sites = ["blocks.0", "blocks.1", "blocks.2"]  # each block a leaf of the graph: the selection inlines block 2
     patch_sweep(hm, clean, corrupted, sites, logit_diff(0, 1), batch_size=16, progress=False)
     assert sorted(narrowed(hm)) == ["blocks.0", "blocks.1", "blocks.2"]
     seen.clear()  # the cones were narrowed in the first sweep; count a second one
-    res = patch_sweep(hm, clean, corrupted, sites, logit_diff(0, 1), batch_size=16, progress=False)
+    queries = []
+    with Queries():
+        res = patch_sweep(hm, clean, corrupted, sites, logit_diff(0, 1), batch_size=16, progress=False)
     monkeypatch.undo()
     tokens = 17
     assert [s for s in seen if len(s) == 2] == [(rows, tokens)] * 2  # the base and source runs: every token
     patched = [s for s in seen if len(s) == 1]  # the patched rows of blocks.0 and blocks.1: the class token only
     assert sum(n for n, in patched) == 2 * tokens * rows
+    # attention: 3 blocks x 2 unpatched runs, then per chunk block 1 (all queries) in the cone of blocks.0, and
+    # block 2 from the class token's query only in the cones of blocks.0 and blocks.1
+    chunks = -(-tokens // (16 // rows))
+    assert sorted(queries) == [1] * 2 * chunks + [tokens] * (6 + chunks)
     for site in sites:
         want = plain_hook_loop(vit, corrupted, clean, site, "token", tuple(res.metric_values[site].shape),
                                logit_diff(0, 1))
@@ -102,14 +116,27 @@ class Readout(nn.Module):
 
 
 @pytest.mark.parametrize("mix", ["mean", "tokens", "pos", "features", "none"])
-def test_selections_stop_where_rows_mix_and_values_match_the_hook_loop(mix):
+def test_selections_stop_where_rows_mix_and_values_match_the_hook_loop(mix, monkeypatch):
+    """Where nothing mixes tokens after ``b``, the patched runs compute ``b`` for the selected token only; where
+    something does (or the readout selects features), ``b`` computes every token."""
     model = Readout(mix).eval()
     hm = HookedModel(model)
     g = torch.Generator().manual_seed(1)
     clean, corrupted = torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 3, generator=g)
+    patch_sweep(hm, clean, corrupted, ["inp", "a"], logit_diff(0, 1), progress=False)  # narrows the cones
+    own, seen = nn.Linear.forward, []
+
+    def counting(self, x):
+        if self is model.b:
+            seen.append(tuple(x.shape))
+        return own(self, x)
+
+    monkeypatch.setattr(nn.Linear, "forward", counting)
     res = patch_sweep(hm, clean, corrupted, ["inp", "a"], logit_diff(0, 1), progress=False)
-    moved = {"mean": False, "tokens": False, "pos": True, "features": False, "none": True}[mix]
-    assert (sorted(narrowed(hm)) == ["a", "inp"]) == moved, narrowed(hm)
+    monkeypatch.undo()
+    patched = [s for s in seen if s[0] != 2]  # the base and source runs have 2 rows
+    narrow_b = {"mean": False, "tokens": False, "pos": True, "features": False, "none": True}[mix]
+    assert patched and all(s == ((10, 8) if narrow_b else (10, 5, 8)) for s in patched), seen  # 5 tokens x 2 rows
     for site in ("inp", "a"):
         want = plain_hook_loop(model, corrupted, clean, site, "token", tuple(res.metric_values[site].shape),
                                logit_diff(0, 1))
