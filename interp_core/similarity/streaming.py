@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..boundary import all_finite
 from ..errors import InputError, InputTypeError
 
 Batch = Any  # [b, d] tensor or array, or a list of them (one per layer)
@@ -55,8 +56,7 @@ def _as_list(X: Batch, dtype: torch.dtype | None) -> list[torch.Tensor]:
         if dtype is None:  # keep a floating dtype (converted when the rows are used), make others float64
             dtype = t.dtype if t.is_floating_point() else torch.float64
         t = t.to(device="cpu", dtype=dtype)
-        # one sum per batch (NaN and inf propagate into it); the element check only if it is not finite
-        if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        if not all_finite(t):
             raise InputError(f"a batch of feature rows {tuple(t.shape)} holds NaN or infinite values; CKA needs "
                              f"finite activations: drop or clean those rows first")
         out.append(t)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import vision
 from interp_core import HookedModel
 from interp_core.boundary import (
+    all_finite,
     as_hooked,
     as_inputs,
     as_metric,
@@ -307,3 +308,17 @@ def test_forward_override_keeps_a_users_instance_forward():
     with hm.replacing_forward("", lambda m, inner: (lambda t: inner(t) + 1)):
         torch.testing.assert_close(lin(torch.ones(1, 2)), torch.ones(1, 2))
     assert lin.__dict__["forward"] is own
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_all_finite_agrees_with_the_elementwise_test_where_the_sum_overflows(dtype):
+    """The one-sum fast path: NaN and inf are always found, and finite values whose sum overflows are still
+    finite (the elementwise test decides)."""
+    big = torch.finfo(dtype).max
+    cases = [torch.full((4, 3), big / 2, dtype=dtype),  # the sum overflows to inf: every value is finite
+             torch.tensor([big, -big, 1.0], dtype=dtype), torch.zeros(0, dtype=dtype),
+             torch.tensor([1.0, float("nan")], dtype=dtype), torch.tensor([float("inf"), 0.0], dtype=dtype),
+             torch.tensor([float("inf"), -float("inf")], dtype=dtype)]
+    for t in cases:
+        assert all_finite(t) == bool(torch.isfinite(t).all()), t
+    assert all_finite(cases[0]) and not all_finite(cases[3]) and not all_finite(cases[5])
