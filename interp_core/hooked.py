@@ -534,7 +534,8 @@ class HookedModel:
                 c["calls"] = 0
 
         try:
-            handles.add(self.model.register_forward_pre_hook(reset))
+            if fns:  # nothing to attach: the model runs with no hook at all
+                handles.add(self.model.register_forward_pre_hook(reset))
             for name, fn in fns.items():
                 chain = list(fn) if isinstance(fn, (list, tuple)) else [fn]
                 self._attach(sites[name], _chain(chain), handles, counters)
