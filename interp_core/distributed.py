@@ -326,10 +326,9 @@ def fit_sae(source: Any, saes: Mapping[str, Any], *, pool: Any = None, epochs: i
     call it on every rank with the same arguments; every rank returns the same fitted SAEs, equal to the
     single-process ``fit_saes(source, saes, ...)`` up to float32 summation order (module docstring).
     No checkpoints (resume a long run from the store instead)."""
-    from tqdm.auto import tqdm
-
     from .features.sae import SparseAutoencoder, freeze
     from .features.train import _checked, _Trainer, as_source
+    from .progress import progress_bar
 
     rank, world = current_rank()
     if isinstance(source, (torch.Tensor, np.ndarray)):
@@ -359,8 +358,7 @@ def fit_sae(source: Any, saes: Mapping[str, Any], *, pool: Any = None, epochs: i
     init_rows = max(s.init_rows for s in saes.values())
     sample = next(iter(source.iter_batches(names, batch_size=init_rows, shuffle=True, seed=seed, pool=pool)))
     trainers = [_Trainer(site, saes[site], _checked(sample[site], site, "initialisation")) for site in names]
-    bar = tqdm(desc="training SAEs (data parallel)", unit="step",
-               disable=None if progress is None else not progress or rank != 0)
+    bar = progress_bar(desc="training SAEs (data parallel)", unit="step", progress=progress if rank == 0 else False)
     for epoch in range(epochs):
         for bi, batch in enumerate(source.iter_batches(names, batch_size=batch_size, shuffle=True, seed=seed + epoch,
                                                        pool=pool)):

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .errors import InputError
 from .hooked import HookedModel, call_model
@@ -265,23 +264,6 @@ def _metric_mean(out: Any, metric: Metric) -> float:
     return float(metric(out).mean())
 
 
-class _NoBar:
-    """A hidden progress bar."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(total: int, desc: str, unit: str, progress: bool | None) -> tqdm:
-    """A progress bar: shown when ``progress`` is True, hidden when False, on a terminal only when None."""
-    if progress is False:  # no tqdm at all: a disabled bar still costs ~0.1 ms, a percent of a small sweep
-        return _NoBar()
-    return tqdm(total=total, desc=desc, unit=unit, disable=None if progress is None else not progress)
-
-
 def _usable_cones(hm: HookedModel, targets: Sequence[Site]) -> Cones | None:
     """The sites' :class:`~interp_core.traced.Cones` where they compute exactly what the model would now (no
     hook or forward override anywhere, inlined modules in eval mode and unchanged since they were built)."""
@@ -315,7 +297,7 @@ def _base(hm: HookedModel, inputs: Any, targets: Sequence[Site], reuse_prefix: b
 
 
 def _exact_site_cone(rest: Callable, externals: list[Any], source: torch.Tensor, base_act: torch.Tensor,
-                     dims: tuple[int, ...], metric: Metric, k_max: int, n_units: int, bar: tqdm) -> torch.Tensor:
+                     dims: tuple[int, ...], metric: Metric, k_max: int, n_units: int, bar: Any) -> torch.Tensor:
     """:func:`_exact_site` through the site's cone: each chunk runs only what depends on the site, on the
     patched copies of the site's value and the base run's other values (``_Repeats``: one row broadcast, or
     copies where the model cannot take that)."""
@@ -352,7 +334,7 @@ def _exact_site_cone(rest: Callable, externals: list[Any], source: torch.Tensor,
 
 def _exact_site(hm: HookedModel, base: Any, site: Site, source: torch.Tensor, base_act: torch.Tensor,
                 dims: tuple[int, ...], metric: Metric, batch_size: int | None, base_outputs: Mapping[str, Any],
-                bar: tqdm, cones: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+                bar: Any, cones: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Metric (batch mean, in the metric's dtype) of each unit's patched run, and which units were no-ops."""
     B = base_act.shape[0]
     shape = tuple(base_act.shape[1:])

@@ -94,7 +94,6 @@ from .patch_engine import (
     AUTO_CHUNK_VALUES,
     AUTO_MAX_ROWS,
     Per,
-    _bar,
     _base,
     _check_pair,
     _exact_site,
@@ -103,6 +102,7 @@ from .patch_engine import (
     _reduce_to_grid,
     _unit_masks,
 )
+from .progress import progress_bar
 from .results import Result
 from .sites import Site
 
@@ -281,7 +281,7 @@ def patch_sweep(model: Any, clean: Any, corrupted: Any, sites: Sequence[str] | s
         m_clean, m_corr = (m_src, m_base) if mode == "denoising" else (m_base, m_src)
         dims = {s.name: _grid_dims(s, per) for s in targets}
         total = sum(math.prod(_grid_shape(base_cache[s].shape[1:], dims[s])) for s in names)
-        bar = _bar(total, "patching", "patch", progress)
+        bar = progress_bar(total=total, desc="patching", unit="patch", progress=progress)
         effects, values, no_ops = {}, {}, {}
         for s in targets:
             shape = tuple(base_cache[s.name].shape[1:])
@@ -400,7 +400,7 @@ def ablation_sweep(model: Any, inputs: Any, sites: Sequence[str] | str,
         out, base_cache, base_outputs, cones = _base(hm, inputs, targets, reuse_prefix)
         m_base = _metric_mean(out, metric)
         total = sum(math.prod(_grid_shape(base_cache[s.name].shape[1:], _grid_dims(s, per))) for s in targets)
-        bar = _bar(total, f"{method} ablation", "unit", progress)
+        bar = progress_bar(total=total, desc=f"{method} ablation", unit="unit", progress=progress)
         effects, values, no_ops = {}, {}, {}
         for s in targets:
             dims = _grid_dims(s, per)

@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .boundary import as_hooked, iter_batches
 from .errors import InputError, InputTypeError
 from .hooked import HookedModel
 from .interventions import Steer
 from .metrics import Metric, as_metric
+from .progress import progress_bar
 from .results import Result, save_json
 
 
@@ -223,7 +223,7 @@ def steering_sweep(model: Any, inputs: Any, site: str, direction: Any, alphas: S
         batches = None if runner is not None else [
             b.inputs for b in iter_batches(inputs, model=hm, batch_size=batch_size, sites=[site_obj.name],
                                            argument="inputs")]
-        for a in tqdm(alphas, desc="steering", unit="alpha", disable=None if progress is None else not progress):
+        for a in progress_bar(alphas, desc="steering", unit="alpha", progress=progress):
             ivs = {site_obj.name: Steer(v, alpha=a, positions=positions, heads=heads, features=features)}
             if runner is not None:
                 outs = [runner(hm, ivs)]

@@ -63,13 +63,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
-from tqdm.auto import tqdm
 
 from .axes import PoolSpec, to_rows
 from .axes import pool as pool_tensor
 from .boundary import Batch, as_hooked, iter_batches
 from .cache import ActivationCache
 from .errors import InputError, InputTypeError, SiteError, StoreError
+from .progress import progress_bar
 from .storeio import (
     FORMAT_VERSION,
     LABELS,
@@ -567,8 +567,8 @@ class _Run:
         shards = m["shards"]
         done = shards[-1]["batches"][1] if shards else 0
         root = store.path
-        bar = tqdm(total=self.total, initial=0, desc="activation store", unit="example",
-                   disable=None if self.progress is None else not self.progress)
+        bar = progress_bar(total=self.total, initial=0, desc="activation store", unit="example",
+                           progress=self.progress)
         pending: list[tuple[ActivationCache, torch.Tensor | None, int, str]] = []
         start, seen = done, 0
         labelled = (LABELS in shards[0]["rows"]) if shards else None

@@ -37,15 +37,15 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-from tqdm.auto import tqdm
 
 from .axes import PoolSpec, feature_last
 from .boundary import Batch, as_hooked
 from .errors import InputError, InputTypeError
 from .interventions import Replace
+from .progress import progress_bar
 from .results import Result
 from .similarity._arrays import ArrayLike, as_pair
-from .similarity.sources import collect_features, for_model, is_model, prepare_batches, progress_disabled
+from .similarity.sources import collect_features, for_model, is_model, prepare_batches
 from .similarity.streaming import LinearCKAAccumulator
 
 logger = logging.getLogger(__name__)
@@ -417,8 +417,8 @@ def stitch(model_a: Any, site_a: str, model_b: Any, site_b: str, train_data: Any
         losses: list[float] = []
         opt = torch.optim.Adam(layer.parameters(), lr=lr)
         params = list(layer.parameters())
-        for _ in tqdm(range(epochs), desc=f"stitch {site_a} -> {site_b}", unit="epoch",
-                      disable=progress_disabled(progress)):
+        for _ in progress_bar(range(epochs), desc=f"stitch {site_a} -> {site_b}", unit="epoch",
+                              progress=progress):
             for batch in train:
                 y = targets(batch).to(dev)
                 loss = nn.functional.cross_entropy(output_fn(stitched(batch.inputs, grad=True)), y)
@@ -535,7 +535,7 @@ def universality_study(comparisons: Sequence[Comparison], method: Literal["hunga
         raise InputTypeError("comparisons: give a non-empty list of Comparison(name, model_a, model_b, data, "
                              "sites_a, sites_b, baseline=...)")
     table, ckas, bases, matches, sites = [], {}, {}, {}, {}
-    for c in tqdm(comparisons, desc="universality", unit="comparison", disable=progress_disabled(progress)):
+    for c in progress_bar(comparisons, desc="universality", unit="comparison", progress=progress):
         sa, sb = list(c.sites_a), list(c.sites_b)
         if not sa or not sb:
             raise InputError(f"comparison {c.name!r}: sites_a and sites_b must be non-empty")

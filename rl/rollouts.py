@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from interp_core import ActivationCache, ActivationStore
 from interp_core.errors import InputError, InputTypeError, SiteError
+from interp_core.progress import progress_bar
 
 from .envs import FunctionWorld, Variable, world_wrapper
 
@@ -266,8 +266,8 @@ def collect(agent: Any, env: Any = None, steps: int | None = None, sites: Sequen
     ctx = agent.intervene(interventions) if interventions else _null()
     rec_ctx = agent.hooks({s: _recorder(agent.sites[s], pool, recorded[s], rec_axes) for s in sites}) \
         if record_now else _null()
-    bar = tqdm(total=steps if steps is not None else episodes, unit="step" if steps is not None else "episode",
-               desc="rl.collect", disable=None if progress is None else not progress, leave=False)
+    bar = progress_bar(total=steps if steps is not None else episodes, unit="step" if steps is not None else "episode",
+                       desc="rl.collect", progress=progress, leave=False)
     with bar, agent.analysis(), ctx, rec_ctx, torch.no_grad():
         while True:
             if steps is not None and total >= steps:
@@ -470,8 +470,8 @@ def replay(agent: Any, rollout: Rollout, sites: Sequence[str] | str, pool: Any =
     row_ids: list[np.ndarray] = []
     axes: dict[str, Any] = {}
     with agent.analysis(), torch.no_grad():
-        for t in tqdm(range(max_len), desc="rl.replay", unit="step", leave=False,
-                      disable=None if progress is None else not progress):
+        for t in progress_bar(range(max_len), desc="rl.replay", unit="step", leave=False,
+                              progress=progress):
             alive = np.array([len(r) > t for r in rows_of])
             rows = np.array([r[t] for r in rows_of if len(r) > t])
             idx = torch.as_tensor(np.flatnonzero(alive))

@@ -274,10 +274,9 @@ def probe(agent: Any, env: Any = None, variables: Sequence[str] | None = None,
 
 def _probe(agent, env, variables, sites, episodes, steps, seed, n_envs, rollout, random_twin, future, when, by,
            test_size, l2, margin, ordinal_as, max_classes, control, progress) -> WorldModelProbeResult:
-    from tqdm.auto import tqdm
-
     from interp_core.boundary import as_hooked
     from interp_core.probes import control_labels, fit_and_score, input_types, train_test_split_by_group
+    from interp_core.progress import progress_bar
 
     if not 0 < test_size < 1:
         raise InputError(f"test_size: must be in (0, 1), got {test_size}")
@@ -311,8 +310,8 @@ def _probe(agent, env, variables, sites, episodes, steps, seed, n_envs, rollout,
     obs_types = input_types(np.asarray(rollout.obs)) if control else None
     rows, probes_, breakdown = [], {}, {}
     plan = [(v, k) for v in variables for k in range(future + 1)]
-    for var_name, k in tqdm(plan, desc="world-model probes", disable=None if progress is None else not progress,
-                            leave=False):
+    for var_name, k in progress_bar(plan, desc="world-model probes", progress=progress,
+                                    leave=False):
         var = rollout.variable(var_name)
         y_all, valid = rollout.future(var_name, k) if k else (rollout.world[var_name], np.ones(len(rollout), bool))
         mask = base_mask & valid

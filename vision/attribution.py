@@ -36,12 +36,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from interp_core import HookedModel
 from interp_core.attribution import INPUT_METHODS, AttributionResult, LayerGradCam, attribute, method_class
 from interp_core.boundary import as_hooked, as_inputs
 from interp_core.errors import InputError
+from interp_core.progress import progress_bar
 from interp_core.results import Result
 
 from .vit import patch_grid
@@ -443,7 +443,7 @@ def randomization_test(model: Any, images: Any, method: str = "saliency", target
     copy_hm = as_hooked(net)
     gen = torch.Generator().manual_seed(seed)
     rho_abs, rho = [spearman(base_abs, base_abs)], [spearman(base, base)]
-    for n in tqdm(names, desc="randomisation", disable=None if progress is None else not progress, leave=False):
+    for n in progress_bar(names, desc="randomisation", progress=progress, leave=False):
         for p in owners:  # the module itself and every parameterised module inside it
             if p == n or p.startswith(n + "."):
                 _reinit(modules[p], gen)

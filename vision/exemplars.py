@@ -39,11 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
-from tqdm.auto import tqdm
 
 from interp_core.axes import batch_pos_feature, flat_position
 from interp_core.boundary import as_hooked, iter_batches
 from interp_core.errors import InputError, InputIndexError, InputTypeError
+from interp_core.progress import progress_bar
 from interp_core.results import Result, save_json
 
 __all__ = ["Exemplars", "top_exemplars", "cell_boxes", "receptive_boxes"]
@@ -347,8 +347,8 @@ def top_exemplars(hm: Any, data: Any, site: str, *, channels: int | Sequence[int
     unit_names: list[str] = []
     batches = iter_batches(_inputs_only(data, input_index), model=hm, batch_size=batch_size, sites=[site])
     with hm.analysis():
-        for batch in tqdm(batches, desc=f"exemplars at {site}", unit="batch",
-                          disable=None if progress is None else not progress):
+        for batch in progress_bar(batches, desc=f"exemplars at {site}", unit="batch",
+                                  progress=progress):
             x = batch.inputs
             if isinstance(x, (tuple, list)):
                 x = x[input_index]

@@ -41,12 +41,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from interp_core.axes import batch_pos_feature, flat_position
 from interp_core.boundary import as_hooked, iter_batches
 from interp_core.cache import ActivationCache
 from interp_core.errors import InputError, InputIndexError, InputTypeError, InterpWarning
+from interp_core.progress import progress_bar
 from interp_core.results import Result, save_json
 
 __all__ = [
@@ -409,8 +409,8 @@ def dataset_max(model: Any, objective: "Objective", data: Any, batch_size: int |
     best = -math.inf
     with hm.analysis(), torch.no_grad():
         batches = iter_batches(data, model=hm, batch_size=batch_size, sites=list(objective.sites))
-        for batch in tqdm(batches, desc="dataset maximum", unit="batch",
-                          disable=None if progress is None else not progress):
+        for batch in progress_bar(batches, desc="dataset maximum", unit="batch",
+                                  progress=progress):
             _, cache = hm.run_with_cache(batch.inputs, sites=list(objective.sites))
             best = max(best, float(objective(cache).max()))
     return best
@@ -489,8 +489,8 @@ def visualize(hm: Any, objective: Objective, steps: int = 128, image_shape: Sequ
     device = hm.device
     ever_moved = False
     with hm.analysis(train=train):
-        for _ in tqdm(range(steps), desc="feature visualisation", unit="step",
-                      disable=None if progress is None else not progress):
+        for _ in progress_bar(range(steps), desc="feature visualisation", unit="step",
+                              progress=progress):
             img = to_valid_image(render(), decorrelate).to(device)
             x = img
             for t in tfs:

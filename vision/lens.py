@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from interp_core.boundary import as_hooked, iter_batches
 from interp_core.errors import InputError, SiteError
+from interp_core.progress import progress_bar
 from interp_core.results import Result
 
 __all__ = ["LogitLensResult", "logit_lens", "decode"]
@@ -166,7 +166,7 @@ def logit_lens(model: Any, data: Any, sites: Sequence[str] | None = None, pool: 
     finals, ys = [], []
     batches = iter_batches(data, labels, model=hm, batch_size=batch_size, sites=sites)
     with hm.analysis(), torch.no_grad():
-        for batch in tqdm(batches, desc="logit lens", unit="batch", disable=None if progress is None else not progress):
+        for batch in progress_bar(batches, desc="logit lens", unit="batch", progress=progress):
             out, cache = hm.run_with_cache(batch.inputs, sites=sites)
             finals.append(out.float().cpu())
             ys.append(batch.labels)

@@ -24,12 +24,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..boundary import as_hooked, as_inputs, describe_inputs
 from ..errors import InputError, InputTypeError, InterpError
 from ..hooked import HookedModel
 from ..metrics import Metric, as_metric, logits_of
+from ..progress import progress_bar
 from ..sites import Site, infer_axes
 from .result import AttributionResult
 
@@ -345,8 +345,8 @@ class AttributionMethod:
         parts, deltas, axes = [], [], None
         starts = range(0, n, batch_size)
         with hm.analysis(train=train), torch.enable_grad(), no_new_attributes(net):
-            for i in tqdm(starts, desc=self.name, disable=None if progress is None else not progress,
-                          leave=False):
+            for i in progress_bar(starts, desc=self.name, progress=progress,
+                                  leave=False):
                 j = min(n, i + batch_size)
                 t = _slice_rows(target, i, j, n)
                 chunk_metric = full_metric if target is None else as_metric(target=t)

@@ -30,11 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..boundary import as_hooked, as_inputs, iter_batches
 from ..errors import InputError, InputTypeError
 from ..metrics import as_metric, logits_of
+from ..progress import progress_bar
 from ..results import Result
 from .interchange import IIAResult, Interchange, _check_site, _interchange, _labels, _match, _result
 
@@ -311,8 +311,8 @@ class DAS:
             params = list(rot.parameters())
             g = torch.Generator().manual_seed(self.seed)
             curve: list[float] = []
-            bar = tqdm(range(self.epochs), desc="DAS", unit="epoch", leave=False,
-                       disable=None if self.progress is None else not self.progress)
+            bar = progress_bar(range(self.epochs), desc="DAS", unit="epoch", leave=False,
+                               progress=self.progress)
             iv = Interchange(None, None, positions=self.positions, heads=self.heads)
             for _ in bar:
                 perm = torch.randperm(n, generator=g)

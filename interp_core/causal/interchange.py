@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..axes import feature_last
 from ..boundary import as_hooked, iter_batches
 from ..errors import InputError, InputTypeError
 from ..interventions import Intervention
 from ..metrics import logits_of
+from ..progress import progress_bar
 from ..results import Result
 from ..sites import Site
 
@@ -284,8 +284,8 @@ def _interchange(hm: Any, base: Any, source: Any, site: Any, subspace: Any, posi
     # swapped in per batch
     ivs = {n: Interchange(None, _subspace_of(subspace, n), positions=positions, heads=heads) for n in sites}
     with hm.analysis(train=train), torch.no_grad():
-        for b, s in tqdm(_pairs(hm, base, source, sites, batch_size), desc="interchange", unit="batch", leave=False,
-                         disable=None if progress is None else not progress):
+        for b, s in progress_bar(_pairs(hm, base, source, sites, batch_size), desc="interchange", unit="batch",
+                                 leave=False, progress=progress):
             _check_site(hm, sites, b.inputs)
             _, cache = hm.run_with_cache(s.inputs, sites=sites)
             for n in sites:

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import InputError, InputTypeError
+from ..progress import progress_bar
 from .circuit import Circuit, circuit_nodes
 from .graph import CircuitGraph
 from .scoring import EdgeScores, check_gap, eap_from, eap_ig_from, edge_patching_from, setup
@@ -49,7 +49,7 @@ def acdc(model: Any, clean: Any, corrupted: Any, metric: Any, *, threshold: floa
     scores: dict[str, float] = {}
     receivers = sorted((n for n in g.nodes if n.role != "input"), key=lambda n: -n.layer)
     output = g.output
-    bar = tqdm(total=E, desc="ACDC", unit="edge", disable=None if progress is None else not progress)
+    bar = progress_bar(total=E, desc="ACDC", unit="edge", progress=progress)
     for r in receivers:
         incoming = sorted(g.incoming(r.name), key=lambda e: -g.by_name[e[0]].layer)
         alive = r.name == output or any(mask[g.edge_index[e]] > 0 for e in g.outgoing(r.name))

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..boundary import as_inputs, describe_inputs
 from ..errors import InputError, InputTypeError
 from ..metrics import Metric, as_metric
+from ..progress import progress_bar
 from ..results import Result
 from .graph import CircuitGraph, Source, Writes, build_graph, edge_name
 
@@ -102,7 +102,7 @@ class Setup:
         rows = batch_rows
         per = max(1, rows // B)
         values = []
-        bar = tqdm(total=K, desc=desc, unit="run", disable=None if progress is None else not progress)
+        bar = progress_bar(total=K, desc=desc, unit="run", progress=progress)
         with self.graph.hm.analysis(train=self.train), torch.no_grad():
             for lo in range(0, K, per):
                 m = masks[lo:lo + per]

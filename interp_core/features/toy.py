@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..progress import progress_bar
 from ..results import Result
 
 __all__ = ["ToyModels", "PhaseDiagram", "train_toy_models", "phase_diagram", "PHASES", "readme_figures"]
@@ -171,7 +171,7 @@ def train_toy_models(n_features: int = 5, n_hidden: int = 2, sparsity: Sequence[
         out = torch.relu(torch.einsum("kbm,kmn->kbn", h, W) + b[:, None, :])
         return (i_k[:, None, :] * (x - out) ** 2).mean((1, 2))
 
-    for _ in tqdm(range(n_steps), desc="toy models", disable=None if progress is None else not progress):
+    for _ in progress_bar(range(n_steps), desc="toy models", progress=progress):
         loss = losses(batch()).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

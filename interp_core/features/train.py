@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..boundary import all_finite
 from ..cache import ActivationCache
 from ..errors import InputError, InputTypeError, SiteError, StoreError
+from ..progress import progress_bar
 from .sae import THRESHOLD_DECAY, UNIT_NORM, SparseAutoencoder, freeze
 
 __all__ = ["fit_saes", "train_saes", "as_source"]
@@ -321,8 +321,7 @@ def fit_saes(source: Any, saes: Mapping[str, SparseAutoencoder | Sequence[Sparse
     for names in groups:
         n = rows[names[0]] if pool is None else None
         total += epochs * -(-n // batch_size) if n is not None else 0
-    bar = tqdm(total=total or None, desc="training SAEs", unit="step", disable=None if progress is None
-               else not progress)
+    bar = progress_bar(total=total or None, desc="training SAEs", unit="step", progress=progress)
     since_save = 0
     for gi, names in enumerate(groups):
         group = [t for t in trainers if t.site in names]

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from sklearn.utils.metaestimators import available_if
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import InputError, SiteError
+from ..progress import progress_bar
 from .base import ArrayLike, ProbeBase, check_finite
 from .joint import LogisticTask, fit_logistic_joint
 from .solvers import ridge_solve
@@ -427,7 +427,7 @@ def fit_many(probes: Sequence[LinearProbe], Xs: Sequence[ArrayLike], ys: Sequenc
             raise InputError(f"fit_many fits LinearProbe objects, got {type(p).__name__}; call .fit on it")
     memo: dict = {}
     infos = [p._setup(X, y, sw, memo) for p, X, y, sw in zip(probes, Xs, ys, sample_weights)]
-    bar = tqdm(total=len(probes), desc="probes", disable=None if progress is None else not progress, leave=False)
+    bar = progress_bar(total=len(probes), desc="probes", progress=progress, leave=False)
     for i, p in enumerate(probes):
         if p.kind != "logistic":
             p._fit_closed_form(infos[i])

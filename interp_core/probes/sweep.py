@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import clone, is_classifier
-from tqdm.auto import tqdm
 
 from ..boundary import as_hooked, iter_batches
 from ..errors import InputError
+from ..progress import progress_bar
 from ..results import Result, save_json
 from .base import ArrayLike, as_numpy, to_numpy_1d
 from .controls import control_labels, input_types, train_test_split_by_group
@@ -59,8 +59,8 @@ def fit_and_score(probe: Any, jobs: Mapping[Any, Job], progress: bool | None = F
     if todo and isinstance(probe, LinearProbe):
         fit_many([t[1] for t in todo], [t[2][0] for t in todo], [t[2][1] for t in todo], progress=progress)
     else:
-        for _, p, (Xtr, ytr, _, _) in tqdm(todo, desc="probes", disable=None if progress is None else not progress,
-                                           leave=False):
+        for _, p, (Xtr, ytr, _, _) in progress_bar(todo, desc="probes", progress=progress,
+                                                   leave=False):
             p.fit(Xtr, ytr)
     for key, p, (Xtr, ytr, Xte, yte) in todo:
         out[key] = (p, float(p.score(Xtr, ytr)), float(p.score(Xte, yte)) if len(yte) else float("nan"))
@@ -140,8 +140,8 @@ def _collect(model: Any, data: Any, labels: Any, sites: Sequence[str] | str | No
     raw: list[torch.Tensor] = []
     batches = iter_batches(data, labels, model=hm, batch_size=batch_size, sites=names)
     with hm.analysis(train=train), torch.no_grad():
-        for batch in tqdm(batches, desc="probe_sites: activations", disable=None if progress is None else not progress,
-                          leave=False):
+        for batch in progress_bar(batches, desc="probe_sites: activations", progress=progress,
+                                  leave=False):
             _, cache = hm.run_with_cache(batch.inputs, sites=names, pool=pool)
             for s in names:
                 parts[s].append(cache.features(s).detach())

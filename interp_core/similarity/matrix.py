@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..axes import PoolSpec
 from ..boundary import as_hooked
 from ..errors import InputError, InputTypeError, InterpWarning
+from ..progress import progress_bar
 from ..results import Result
 from .registry import DISTANCES, get_measure
 from .sources import (
@@ -21,7 +21,6 @@ from .sources import (
     default_sites,
     is_model,
     iter_pair_batches,
-    progress_disabled,
     same_model,
 )
 from .streaming import LinearCKAAccumulator, MinibatchCKA
@@ -144,7 +143,7 @@ def similarity_matrix(model_a: Any, model_b: Any = None, data: Any = None,
         xs, ys = collect_features(model_a, model_b, data, sites_a, sites_b, pool, max_batches, **common)
         pairs = [(i, j) for i in range(len(xs)) for j in range(len(ys))]
         M = np.empty((len(xs), len(ys)))
-        for i, j in tqdm(pairs, desc=f"{name} site pairs", unit="pair", disable=progress_disabled(progress)):
+        for i, j in progress_bar(pairs, desc=f"{name} site pairs", unit="pair", progress=progress):
             M[i, j] = fn(xs[i], ys[j])
         n = xs[0].shape[0]
     if np.isnan(M).any():

@@ -21,21 +21,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..axes import PoolSpec
 from ..boundary import Batch, as_hooked, iter_batches
 from ..errors import InputError, InputTypeError, SiteError
+from ..progress import progress_bar
 
 
 def is_model(source: Any) -> bool:
     """A model (hooked or a plain module) rather than precomputed features."""
     return isinstance(source, nn.Module) or hasattr(source, "run_with_cache")
-
-
-def progress_disabled(progress: bool | None) -> bool | None:
-    """tqdm's ``disable`` for the suite's ``progress`` convention (``None``: only on a terminal)."""
-    return None if progress is None else not progress
 
 
 class PreparedBatches(list):
@@ -143,7 +138,7 @@ def iter_pair_batches(source_a: Any, source_b: Any, data: Any, sites_a: Sequence
             stack.enter_context(ha.analysis())
             if not same:
                 stack.enter_context(hb.analysis())
-            for batch in tqdm(batches, desc=desc, unit="batch", disable=progress_disabled(progress)):
+            for batch in progress_bar(batches, desc=desc, unit="batch", progress=progress):
                 _, ca = ha.run_with_cache(batch.inputs, sites=names_a, pool=pool)
                 cb = ca if same else hb.run_with_cache(for_model(batch.inputs, hb), sites=list(sites_b),
                                                        pool=pool)[1]
@@ -156,7 +151,7 @@ def iter_pair_batches(source_a: Any, source_b: Any, data: Any, sites_a: Sequence
     ys_all = [features_of(source_b, s, pool) for s in sites_b]
     _check_rows(xs_all, ys_all, sites_a, sites_b)
     n = xs_all[0].shape[0]
-    for s in tqdm(range(0, n, chunk), desc=desc, unit="chunk", disable=progress_disabled(progress)):
+    for s in progress_bar(range(0, n, chunk), desc=desc, unit="chunk", progress=progress):
         yield [x[s:s + chunk] for x in xs_all], [y[s:s + chunk] for y in ys_all]
 
 

@@ -160,7 +160,8 @@ def evaluate(agent: Any, n_episodes: int = 100, seed: int | None = None,
     mode. Returns mean / std return, success rate and mean episode length. ``progress``: a bar over episodes
     (``None``: only on a terminal)."""
     import numpy as np
-    from tqdm.auto import tqdm
+
+    from interp_core.progress import progress_bar
 
     from .train import EVAL_SEED, evaluate_policy_episodes
 
@@ -169,8 +170,8 @@ def evaluate(agent: Any, n_episodes: int = 100, seed: int | None = None,
         name=agent.name, env_id=agent.env_id, algo="", policy="", policy_kwargs={}, algo_kwargs={}, n_envs=1,
         total_timesteps=0, target=("success_rate", 0.0), env_kwargs=agent.env_kwargs)
 
-    with tqdm(total=n_episodes, desc=f"evaluate {agent.name}", unit="episode", leave=False,
-              disable=None if progress is None else not progress) as bar:
+    with progress_bar(total=n_episodes, desc=f"evaluate {agent.name}", unit="episode", leave=False,
+                      progress=progress) as bar:
         def act(obs, state, start):
             if start:  # the first step of each episode
                 bar.update(1)
