@@ -60,6 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .boundary import all_finite
 from .errors import InputError, InputTypeError, StoreError
 
 __all__ = ["current_rank", "is_distributed", "rank_batches", "collect_barrier", "check_same_folder",
@@ -236,7 +237,7 @@ def fit_linear_probe(source: Any, site: str | None = None, y: Any = None, *, poo
             raise InputError(f"site: the store holds {source.site_names}; say which with site=")
         site = source.site_names[0]
     X, labels = _local_rows(source, site, y, pool)
-    if not bool(torch.isfinite(X).all()):
+    if not all_finite(X):
         raise InputError(f"site '{site}': the feature rows hold NaN or infinite values; clean them first")
     d = torch.tensor([X.shape[1]], dtype=torch.float64)
     d_max = int(_all_reduce(d.clone(), "max"))

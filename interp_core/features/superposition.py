@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..boundary import all_finite
 from ..errors import InputError, InputTypeError
 from ..results import Result
 from .evaluate import _check_sae
@@ -47,7 +48,7 @@ def _rows(x: Any, argument: str) -> torch.Tensor:
         raise InputError(f"{argument}: expected feature rows [N, d] with N >= 2, got shape {tuple(x.shape)}; "
                          f"fold positions into rows with cache.features(site)")
     x = x.detach().double()
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise InputError(f"{argument}: the rows hold NaN or infinite values")
     return x
 
